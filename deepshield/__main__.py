@@ -1,0 +1,5 @@
+import sys
+
+from deepshield.cli import main
+
+sys.exit(main())

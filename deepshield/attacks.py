@@ -1,0 +1,117 @@
+"""L-infinity attacks: one iterative core, FGSM / I-FGSM / PGD as presets of it.
+
+The core knows nothing about generators: it maximises any per-sample objective of a list of
+input tensors (images may differ in size) inside an L-inf ball, clamped to the valid range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deepshield.errors import InvalidParameterError
+
+Objective = Callable[[list[Tensor]], Tensor]
+"""Maps the current adversarial inputs to a per-sample loss [B] to maximise."""
+
+StepCallback = Callable[[int, int, Tensor], None]
+"""Called after every step with (step, total steps, per-sample loss [B] before the step)."""
+
+LOWER, UPPER = -1.0, 1.0
+EPSILON_RANGE = (0.0, 0.5)  # on [-1, 1]; 0.5 is 64/255, far past imperceptible
+MAX_ITERATIONS = 1000
+SEED_NOISE = 1e-3  # FGSM / I-FGSM start: at exactly x the gradient of the loss is zero
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+    """Budget and schedule on the [-1, 1] scale (0.05 is 6.4/255 of the pixel range)."""
+
+    epsilon: float = 0.05
+    step_size: float = 0.01
+    iterations: int = 10
+    random_start: bool = True
+    name: str = "pgd"
+
+    def validate(self) -> AttackConfig:
+        low, high = EPSILON_RANGE
+        if not (low < self.epsilon <= high):
+            raise InvalidParameterError(f"epsilon must be in ({low}, {high}] on the [-1, 1] scale (0.05 = 6.4/255), got {self.epsilon}")
+        if not (0 < self.step_size <= 2 * high):
+            raise InvalidParameterError(f"step_size must be in (0, {2 * high}], got {self.step_size}")
+        if not (1 <= self.iterations <= MAX_ITERATIONS) or int(self.iterations) != self.iterations:
+            raise InvalidParameterError(f"iterations must be an integer in [1, {MAX_ITERATIONS}], got {self.iterations}")
+        return self
+
+
+def preset(name: str, *, epsilon: float = 0.05, iterations: int | None = None, step_size: float | None = None) -> AttackConfig:
+    """The paper's attacks: `fgsm` (one step of size epsilon; iterations and step_size do not
+    apply), `ifgsm` (k signed steps of size a), `pgd` (I-FGSM from a uniform random start).
+    Defaults: epsilon 0.05, k 10, a 0.01."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key == "fgsm":
+        return AttackConfig(epsilon=epsilon, step_size=epsilon, iterations=1, random_start=False, name="fgsm").validate()
+    if key not in ("ifgsm", "pgd"):
+        raise InvalidParameterError(f"unknown attack {name!r}: use fgsm, ifgsm or pgd")
+    base = AttackConfig(epsilon=epsilon, random_start=key == "pgd", name=key)
+    return replace(
+        base,
+        iterations=base.iterations if iterations is None else iterations,
+        step_size=base.step_size if step_size is None else step_size,
+    ).validate()
+
+
+ATTACKS = ("fgsm", "ifgsm", "pgd")
+
+
+def _start(x: Tensor, config: AttackConfig, generator: torch.Generator) -> Tensor:
+    """Initial point: uniform in the epsilon ball (PGD) or a tiny seeded perturbation."""
+    radius = config.epsilon if config.random_start else min(SEED_NOISE, config.epsilon)
+    # Drawn on the CPU so a seed gives the same start on every device.
+    noise = torch.empty(x.shape, dtype=torch.float32).uniform_(-radius, radius, generator=generator)
+    return (x + noise.to(device=x.device, dtype=x.dtype)).clamp(LOWER, UPPER)
+
+
+def linf_attack(
+    objective: Objective,
+    inputs: Sequence[Tensor],
+    config: AttackConfig,
+    *,
+    seed: int | None = None,
+    on_step: StepCallback | None = None,
+) -> list[Tensor]:
+    """Maximise `objective` over inputs within `||x_adv - x||_inf <= epsilon`, x_adv in [-1, 1].
+
+    inputs: tensors in [-1, 1] (any shapes; they are never modified).
+    Returns new detached tensors of the same shapes.
+    """
+    config.validate()
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    originals = [x.detach() for x in inputs]
+    adversarial = [_start(x, config, generator) for x in originals]
+    for step in range(config.iterations):
+        current = [x.requires_grad_(True) for x in adversarial]
+        loss = objective(current)
+        gradients = torch.autograd.grad(loss.sum(), current)
+        with torch.no_grad():
+            adversarial = [
+                project(x + config.step_size * g.sign(), x0, config.epsilon)
+                for x, g, x0 in zip(current, gradients, originals)
+            ]
+        if on_step is not None:
+            on_step(step + 1, config.iterations, loss.detach())
+    return adversarial
+
+
+def project(x: Tensor, original: Tensor, epsilon: float) -> Tensor:
+    """Project onto the L-inf ball of radius epsilon around `original` and the valid range."""
+    return torch.clamp(original + torch.clamp(x - original, -epsilon, epsilon), LOWER, UPPER).detach()
+
+
+def output_distance(output: Tensor, reference: Tensor) -> Tensor:
+    """Per-sample mean squared error [B] between generator outputs (the paper's objective)."""
+    return F.mse_loss(output, reference, reduction="none").flatten(1).mean(dim=1)

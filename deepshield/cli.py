@@ -1,0 +1,173 @@
+"""`python -m deepshield models | protect | fetch | convert` (contracts in DESIGN.md s.3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from deepshield import attacks
+from deepshield.engine import DEFAULT_MODEL, Engine
+from deepshield.errors import DeepshieldError, InvalidParameterError
+from deepshield.weights import convert_checkpoint, resolve_weights
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deepshield", description="Protect photos against image-translation deepfakes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list the models of the manifest and their status")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+
+    protect = commands.add_parser("protect", help="add an adversarial perturbation to photos")
+    protect.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    where = protect.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", help="output file (one input only); PNG unless the suffix says otherwise")
+    where.add_argument("--out-dir", help="directory for <stem>.protected.png of every input")
+    protect.add_argument("--model", default=DEFAULT_MODEL, help=f"manifest model name (default {DEFAULT_MODEL})")
+    protect.add_argument("--attack", default="pgd", choices=attacks.ATTACKS, help="default pgd")
+    protect.add_argument("--epsilon", type=float, default=0.05, help="L-inf budget on [-1, 1] (0.05 = 6.4/255)")
+    protect.add_argument("--iterations", type=int, default=10, help="attack steps (ifgsm, pgd)")
+    protect.add_argument("--step-size", type=float, default=0.01, help="step size on [-1, 1] (ifgsm, pgd)")
+    protect.add_argument("--seed", type=int, help="random seed (reported; default random)")
+    protect.add_argument("--target", action="append", dest="targets", metavar="LABEL", help="target label (repeatable; default all)")
+    protect.add_argument("--weights", help="use this checkpoint for the model (any supported layout)")
+    protect.add_argument("--image-size", type=int, help="override the model resolution")
+    protect.add_argument("--batch-size", type=int, default=4, help="images attacked together (default 4)")
+    protect.add_argument("--report", help="write a JSON list with one report per image")
+    protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
+    protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
+
+    fetch = commands.add_parser("fetch", help="download and verify weights into the cache")
+    fetch.add_argument("names", nargs="*", metavar="NAME")
+    fetch.add_argument("--all", action="store_true", help="every model with a downloadable source")
+
+    convert = commands.add_parser("convert", help="convert a checkpoint to canonical safetensors")
+    convert.add_argument("source", metavar="SRC")
+    convert.add_argument("destination", metavar="DST")
+    convert.add_argument("--model", help="manifest model the checkpoint belongs to (default: detect)")
+    return parser
+
+
+def _print_models(engine: Engine, as_json: bool) -> None:
+    rows = engine.list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        labels = f" targets: {', '.join(row['labels'])}" if row["labels"] else ""
+        print(f"{row['name']:28} {row['architecture']:17} {row['image_size']:>5}px  {row['status']:12} {row['reason']}{labels}")
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    inputs = [Path(p) for p in args.inputs]
+    if args.output:
+        if len(inputs) != 1:
+            raise InvalidParameterError("-o/--output takes one input; use --out-dir for several")
+        return [Path(args.output)]
+    out_dir = Path(args.out_dir)
+    stems = [p.stem for p in inputs]
+    duplicates = {s for s in stems if stems.count(s) > 1}
+    if duplicates:
+        raise InvalidParameterError(f"several inputs share the name {sorted(duplicates)[0]!r}; their outputs would overwrite each other")
+    return [out_dir / f"{p.stem}.protected.png" for p in inputs]
+
+
+def _protect(args: argparse.Namespace) -> None:
+    engine = Engine(device=args.device)
+    outputs = _output_paths(args)
+    show_bar = len(args.inputs) > 1 or args.iterations >= 20
+    bar = tqdm(total=len(args.inputs), unit="img", desc="protecting", disable=not show_bar, file=sys.stderr)
+    reports: list[dict[str, Any]] = []
+    try:
+        for start in range(0, len(args.inputs), args.batch_size):
+            chunk = args.inputs[start : start + args.batch_size]
+            results = engine.protect_batch(
+                chunk,
+                model=args.model,
+                attack=args.attack,
+                epsilon=args.epsilon,
+                iterations=args.iterations,
+                step_size=args.step_size,
+                seed=None if args.seed is None else args.seed + start,
+                targets=args.targets,
+                image_size=args.image_size,
+                weights=args.weights,
+                batch_size=args.batch_size,
+            )
+            for offset, result in enumerate(results):
+                output = outputs[start + offset]
+                report = {"input": str(args.inputs[start + offset]), "output": str(output), **_without(result.save(output), "input")}
+                if args.deepfake_dir:
+                    stem = Path(args.inputs[start + offset]).stem
+                    Path(args.deepfake_dir).mkdir(parents=True, exist_ok=True)
+                    result.deepfake_original.save(Path(args.deepfake_dir) / f"{stem}.deepfake_original.png")
+                    result.deepfake_protected.save(Path(args.deepfake_dir) / f"{stem}.deepfake_protected.png")
+                reports.append(report)
+                bar.update(1)
+    finally:
+        bar.close()
+        if args.report and reports:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
+    for report in reports:
+        d, p = report["disruption"], report["perturbation"]
+        print(
+            f"{report['output']}: disruption mse {d['mse']:.4f} ({'disrupted' if d['disrupted'] else 'NOT disrupted'}), "
+            f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {p['ssim']:.4f}, {report['seconds']:.2f}s"
+        )
+
+
+def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    engine = Engine(device="cpu")
+    if args.all:
+        names = [n for n, s in engine.specs.items() if s.weights.kind in ("hub", "package")]
+    elif args.names:
+        names = args.names
+    else:
+        raise InvalidParameterError("name the models to fetch, or pass --all")
+    for name in names:
+        path, digest = resolve_weights(engine.spec(name))
+        print(f"{name}: {path} (sha256 {digest})")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    engine = Engine(device="cpu")
+    specs = [engine.spec(args.model)] if args.model else list(engine.specs.values())
+    candidates = list(dict.fromkeys((s.architecture, json.dumps(dict(s.params), sort_keys=True)) for s in specs))
+    matched = convert_checkpoint(
+        Path(args.source),
+        Path(args.destination),
+        [(arch, json.loads(params)) for arch, params in candidates],
+        preferred_format=specs[0].weights.format if args.model else None,
+    )
+    print(f"{args.destination}: {matched.architecture} ({matched.format} layout), {len(matched.state_dict)} tensors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            _print_models(Engine(device="cpu"), args.json)
+        elif args.command == "protect":
+            _protect(args)
+        elif args.command == "fetch":
+            _fetch(args)
+        else:
+            _convert(args)
+    except DeepshieldError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

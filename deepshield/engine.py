@@ -1,0 +1,441 @@
+"""The protect pipeline and the model cache that every entry point (CLI, Python, app) shares."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from deepshield import attacks, imaging, metrics
+from deepshield.errors import InvalidParameterError, UnknownModelError
+from deepshield.manifest import ModelSpec, load_manifest
+from deepshield.models import Generator
+from deepshield.weights import find_local_weights, load_model, missing_weights_hint
+
+ImageInput = str | os.PathLike[str] | bytes | Image.Image
+ProgressCallback = Callable[[int, int], None]
+"""(images done, images total)"""
+
+DEFAULT_MODEL = "cyclegan-vintage"
+MAX_IMAGE_SIZE = 2048
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`auto` (default) -> cuda when available, else cpu. From DEEPSHIELD_DEVICE or DEVICE."""
+    choice = (requested or os.environ.get("DEEPSHIELD_DEVICE") or os.environ.get("DEVICE") or "auto").lower()
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidParameterError(f"device {choice!r} requested but no CUDA GPU is available; use auto or cpu")
+    try:
+        return torch.device(choice)
+    except RuntimeError:
+        raise InvalidParameterError(f"unknown device {choice!r}: use auto, cpu or cuda") from None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A frozen generator on the engine's device with the conditions it is attacked under."""
+
+    spec: ModelSpec
+    generator: Generator
+    weights_path: Path
+    weights_format: str
+    weights_sha256: str
+    num_parameters: int
+
+    def conditions(self, labels: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
+        """Chosen target labels and their condition vectors [T, c_dim] (None if unconditional)."""
+        if not self.spec.conditional:
+            if labels:
+                raise InvalidParameterError(f"model {self.spec.name!r} is unconditional: it takes no target")
+            return [], None
+        chosen = list(labels) if labels else self.spec.labels
+        unknown = [label for label in chosen if label not in self.spec.targets]
+        if unknown:
+            raise InvalidParameterError(f"model {self.spec.name!r} has no target {unknown[0]!r}; choose from {', '.join(self.spec.labels)}")
+        device = next(self.generator.parameters()).device
+        vectors = torch.tensor([self.spec.targets[label] for label in chosen], dtype=torch.float32, device=device)
+        if vectors.shape[1] != self.generator.condition_dim:
+            raise InvalidParameterError(f"model {self.spec.name!r}: target vectors have {vectors.shape[1]} values, the network expects {self.generator.condition_dim}")
+        return chosen, vectors
+
+
+@dataclass
+class ProtectionResult:
+    """The protected photo (8-bit, full resolution), the two deepfakes and the report.
+
+    `metrics` holds the report fields of DESIGN.md s.3 measured on the 8-bit image;
+    `save()` writes the file and re-measures when the format is lossy.
+    """
+
+    protected: Image.Image
+    deepfake_original: Image.Image
+    deepfake_protected: Image.Image
+    metrics: dict[str, Any]
+    original_rgb: np.ndarray = field(repr=False)
+    protected_rgb: np.ndarray = field(repr=False)
+    alpha: np.ndarray | None = field(repr=False)
+    _remeasure: Callable[[np.ndarray], dict[str, Any]] = field(repr=False)
+
+    def save(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write the protected photo (format from the suffix, PNG by default); return the metrics
+        measured on the file actually written."""
+        fmt = imaging.output_format(path)
+        data = imaging.encode(self.protected_rgb, self.alpha, fmt)
+        written = imaging.decode_rgb(data)
+        if not np.array_equal(written, self.protected_rgb):
+            self.metrics = {**self.metrics, **self._remeasure(written), "output_format": fmt}
+        imaging.write_atomic(path, data)
+        return self.metrics
+
+
+@dataclass
+class _Job:
+    photo: imaging.Photo
+    original: Tensor  # [1, 3, H, W] in [-1, 1] on device
+    box: tuple[int, int, int]  # (top, left, side) of the region the models see
+
+
+class Engine:
+    """Loads models on demand (LRU cache), runs attacks under a concurrency limit."""
+
+    def __init__(
+        self,
+        manifest: Mapping[str, ModelSpec] | None = None,
+        *,
+        device: str | None = None,
+        max_loaded: int = 4,
+        max_concurrent: int | None = None,
+    ) -> None:
+        self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
+        self.device = pick_device(device)
+        self.max_loaded = max_loaded
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        limit = max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1"))
+        self._slots = threading.BoundedSemaphore(max(1, limit))
+
+    # ---------------------------------------------------------------- models
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.specs))}") from None
+
+    def load(self, name: str, *, weights: str | os.PathLike[str] | None = None, allow_download: bool = True) -> LoadedModel:
+        """Return the model, loading it (and downloading its weights if allowed) once."""
+        spec = self.spec(name)
+        key = (name, str(Path(weights).resolve()) if weights else "")
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loaded = load_model(spec, weights=Path(weights) if weights else None, allow_download=allow_download)
+            generator = loaded.model.to(self.device)
+            model = LoadedModel(
+                spec=spec,
+                generator=generator,
+                weights_path=loaded.path,
+                weights_format=loaded.format,
+                weights_sha256=loaded.sha256,
+                num_parameters=sum(p.numel() for p in generator.parameters()),
+            )
+            self._models[key] = model
+            while len(self._models) > self.max_loaded:
+                self._models.popitem(last=False)
+            return model
+
+    def unload(self, name: str) -> bool:
+        with self._lock:
+            keys = [k for k in self._models if k[0] == name]
+            for k in keys:
+                del self._models[k]
+        if keys and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return bool(keys)
+
+    def is_loaded(self, name: str) -> bool:
+        with self._lock:
+            return any(k[0] == name for k in self._models)
+
+    def status(self, name: str) -> tuple[str, str]:
+        """(`loaded` | `cached` | `downloadable` | `unavailable`, why)."""
+        spec = self.spec(name)
+        if self.is_loaded(name):
+            return "loaded", f"in memory on {self.device.type}"
+        if spec.preprocessing == "label_map":
+            reason = "takes a semantic label map, not a photo: it can be loaded but not used to protect photos"
+        else:
+            reason = ""
+        path = find_local_weights(spec)
+        if path is not None:
+            return "cached", f"weights at {path}" + (f"; {reason}" if reason else "")
+        if spec.weights.kind == "hub":
+            return "downloadable", f"from {spec.weights.describe()} on first use"
+        return "unavailable", missing_weights_hint(spec) + (f"; {reason}" if reason else "")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        rows = []
+        for name, spec in self.specs.items():
+            status, reason = self.status(name)
+            source = {k: v for k, v in vars(spec.weights).items() if v is not None}
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": spec.architecture,
+                    "params": dict(spec.params),
+                    "image_size": spec.image_size,
+                    "preprocessing": spec.preprocessing,
+                    "labels": spec.labels,
+                    "license": spec.license,
+                    "description": spec.description,
+                    "weights": source,
+                    "status": status,
+                    "reason": reason,
+                }
+            )
+        return rows
+
+    # ---------------------------------------------------------------- protection
+
+    def protect(self, image: ImageInput, **options: Any) -> ProtectionResult:
+        """Protect one photo. Options as `protect_batch`."""
+        return self.protect_batch([image], **options)[0]
+
+    def protect_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | Sequence[str] = DEFAULT_MODEL,
+        attack: str = "pgd",
+        epsilon: float = 0.05,
+        iterations: int | None = None,
+        step_size: float | None = None,
+        seed: int | None = None,
+        targets: Sequence[str] | None = None,
+        image_size: int | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        batch_size: int = 8,
+        allow_download: bool = True,
+        on_step: attacks.StepCallback | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[ProtectionResult]:
+        """Protect photos against one generator or an ensemble (`model` a list of names).
+
+        epsilon / step_size on [-1, 1]; `targets` picks labels of a conditional model (default:
+        all, attacked jointly); `image_size` overrides the model resolution; `weights` is a
+        checkpoint to use instead of the manifest's (single model only). Images are attacked
+        `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
+        """
+        config = attacks.preset(attack, epsilon=epsilon, iterations=iterations, step_size=step_size)
+        names = [model] if isinstance(model, str) else list(model)
+        if not names:
+            raise InvalidParameterError("give at least one model")
+        if weights is not None and len(names) > 1:
+            raise InvalidParameterError("--weights applies to a single model, not an ensemble")
+        if batch_size < 1:
+            raise InvalidParameterError("batch_size must be at least 1")
+        specs = [self.spec(n) for n in names]
+        for spec in specs:
+            if spec.preprocessing == "label_map":
+                raise InvalidParameterError(
+                    f"model {spec.name!r} translates semantic label maps ({spec.params.get('input_nc')} channels), "
+                    "not photos, so there is nothing in a photo to protect against it; pick a photo model"
+                )
+        if targets and len(names) > 1:
+            raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
+        sizes = [self._model_size(m, image_size) for m in loaded]
+        conditions = [m.conditions(targets) for m in loaded]
+        photos = [imaging.load_photo(img) for img in images]
+        results: list[ProtectionResult] = []
+        for start in range(0, len(photos), batch_size):
+            chunk = photos[start : start + batch_size]
+            with self._slots:
+                results += self._protect_chunk(chunk, loaded, sizes, conditions, config, seed + start, on_step)
+            if progress is not None:
+                progress(len(results), len(photos))
+        return results
+
+    def _model_size(self, model: LoadedModel, override: int | None) -> int:
+        size = int(override or model.spec.image_size)
+        multiple = model.generator.size_multiple
+        if not (multiple <= size <= MAX_IMAGE_SIZE) or size % multiple:
+            raise InvalidParameterError(
+                f"image_size {size} does not fit {model.spec.name!r}: use a multiple of {multiple} up to {MAX_IMAGE_SIZE}"
+            )
+        return size
+
+    def _protect_chunk(
+        self,
+        photos: list[imaging.Photo],
+        models: list[LoadedModel],
+        sizes: list[int],
+        conditions: list[tuple[list[str], Tensor | None]],
+        config: attacks.AttackConfig,
+        seed: int,
+        on_step: attacks.StepCallback | None,
+    ) -> list[ProtectionResult]:
+        started = time.perf_counter()
+        jobs = []
+        for photo in photos:
+            original = imaging.to_tensor(photo.rgb).to(self.device)
+            jobs.append(_Job(photo, original, imaging.center_square(original.shape[2], original.shape[3])))
+        regions = [_crop(job.original, job.box) for job in jobs]
+
+        def deepfakes(index: int, inputs: list[Tensor]) -> Tensor:
+            """Outputs of model `index` for every (image, target): [B * T, 3, s, s]."""
+            batch = torch.cat([imaging.center_crop_resize(r, sizes[index]) for r in inputs])
+            _, vectors = conditions[index]
+            generator = models[index].generator
+            if vectors is None:
+                return generator(batch)
+            count = vectors.shape[0]
+            return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(inputs), 1))
+
+        with torch.no_grad():
+            references = [deepfakes(i, regions) for i in range(len(models))]
+
+        def objective(inputs: list[Tensor]) -> Tensor:
+            per_model = []
+            for i, reference in enumerate(references):
+                distance = attacks.output_distance(deepfakes(i, inputs), reference)
+                per_model.append(distance.view(len(inputs), -1).mean(dim=1))
+            return torch.stack(per_model).mean(dim=0)
+
+        adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)
+        attack_seconds = (time.perf_counter() - started) / len(jobs)
+
+        results = []
+        for job, region in zip(jobs, adversarial):
+            full = _paste(job.original, region, job.box)
+            protected = imaging.quantize_within_budget(job.photo.rgb, full, config.epsilon)
+            results.append(self._result(job, protected, models, sizes, conditions, references, len(results), config, seed, attack_seconds))
+        return results
+
+    def _result(
+        self,
+        job: _Job,
+        protected: np.ndarray,
+        models: list[LoadedModel],
+        sizes: list[int],
+        conditions: list[tuple[list[str], Tensor | None]],
+        references: list[Tensor],
+        position: int,
+        config: attacks.AttackConfig,
+        seed: int,
+        attack_seconds: float,
+    ) -> ProtectionResult:
+        def measure(rgb: np.ndarray) -> dict[str, Any]:
+            """Perturbation and disruption of a written 8-bit image against the original."""
+            region = _crop(imaging.to_tensor(rgb).to(self.device), job.box)
+            per_model = {}
+            with torch.no_grad():
+                for i, model in enumerate(models):
+                    labels, vectors = conditions[i]
+                    count = 1 if vectors is None else vectors.shape[0]
+                    batch = imaging.center_crop_resize(region, sizes[i])
+                    fake = models[i].generator(batch.repeat(count, 1, 1, 1), vectors)
+                    clean = references[i][position * count : (position + 1) * count]
+                    report = metrics.disruption_metrics(fake, clean)
+                    if labels:
+                        report["per_target"] = {l: metrics.disruption_metrics(fake[t : t + 1], clean[t : t + 1]) for t, l in enumerate(labels)}
+                    per_model[model.spec.name] = (report, fake[0], clean[0])
+            first = next(iter(per_model.values()))
+            disruption = dict(first[0])
+            if len(models) > 1:
+                disruption = {
+                    "mse": float(np.mean([r["mse"] for r, _, _ in per_model.values()])),
+                    "l1": float(np.mean([r["l1"] for r, _, _ in per_model.values()])),
+                }
+                disruption["disrupted"] = disruption["mse"] > metrics.DISRUPTION_THRESHOLD
+                disruption["per_model"] = {name: r for name, (r, _, _) in per_model.items()}
+            return {
+                "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb),
+                "disruption": disruption,
+                "_fakes": (first[2], first[1]),
+            }
+
+        measured = measure(protected)
+        fake_clean, fake_protected = measured.pop("_fakes")
+
+        def remeasure(rgb: np.ndarray) -> dict[str, Any]:
+            fresh = measure(rgb)
+            fresh.pop("_fakes")
+            return fresh
+
+        names = [m.spec.name for m in models]
+        report = {
+            "input": job.photo.name,
+            "model": names[0] if len(names) == 1 else names,
+            "attack": config.name,
+            "epsilon": config.epsilon,
+            "epsilon_255": config.epsilon * 127.5,
+            "iterations": config.iterations,
+            "step_size": config.step_size,
+            "random_start": config.random_start,
+            "seed": seed,
+            "targets": conditions[0][0] if len(models) == 1 else {m.spec.name: c[0] for m, c in zip(models, conditions)},
+            "image_size": sizes[0] if len(models) == 1 else {m.spec.name: s for m, s in zip(models, sizes)},
+            "width": job.photo.size[0],
+            "height": job.photo.size[1],
+            "device": self.device.type,
+            "seconds": round(attack_seconds, 4),
+            **measured,
+        }
+        return ProtectionResult(
+            protected=_pil(protected, job.photo.alpha),
+            deepfake_original=Image.fromarray(imaging.to_uint8(fake_clean)),
+            deepfake_protected=Image.fromarray(imaging.to_uint8(fake_protected)),
+            metrics=report,
+            original_rgb=job.photo.rgb,
+            protected_rgb=protected,
+            alpha=job.photo.alpha,
+            _remeasure=remeasure,
+        )
+
+
+def _crop(x: Tensor, box: tuple[int, int, int]) -> Tensor:
+    top, left, side = box
+    return x[:, :, top : top + side, left : left + side]
+
+
+def _paste(full: Tensor, region: Tensor, box: tuple[int, int, int]) -> Tensor:
+    top, left, side = box
+    out = full.clone()
+    out[:, :, top : top + side, left : left + side] = region
+    return out
+
+
+def _pil(rgb: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
+    if alpha is None:
+        return Image.fromarray(rgb, mode="RGB")
+    return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+
+
+_DEFAULT_ENGINE: Engine | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_engine() -> Engine:
+    """The process-wide engine shared by the Python API, the CLI and the app."""
+    global _DEFAULT_ENGINE
+    with _DEFAULT_LOCK:
+        if _DEFAULT_ENGINE is None:
+            _DEFAULT_ENGINE = Engine()
+        return _DEFAULT_ENGINE
+
+

@@ -1,0 +1,180 @@
+"""Decode and validate photos, convert to and from tensors, preprocess, write files."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from deepshield.errors import InvalidImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; a decompression bomb claims far more
+LOSSLESS_FORMATS = {"PNG", "TIFF", "BMP", "WEBP_LOSSLESS"}
+_FORMAT_BY_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("DEEPSHIELD_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded, upright photo: `rgb` uint8 [H, W, 3], `alpha` uint8 [H, W] or None."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    name: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str | None = None) -> Photo:
+    """Decode a path, raw bytes or PIL image into an upright RGB photo (+ alpha if it has one).
+
+    Raises InvalidImageError for empty, truncated, non-image or oversized inputs.
+    """
+    if isinstance(source, Image.Image):
+        return _from_pil(source, name or "image")
+    if isinstance(source, (bytes, bytearray)):
+        data, label = bytes(source), name or "upload"
+    else:
+        path = Path(source)
+        label = name or path.name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidImageError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidImageError(f"{label}: is a directory, not an image") from None
+        except OSError as exc:
+            raise InvalidImageError(f"{label}: cannot be read ({exc.strerror})") from None
+    if not data:
+        raise InvalidImageError(f"{label}: the file is empty (0 bytes)")
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limit:
+                raise InvalidImageError(
+                    f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+                    f"{limit / 1e6:.0f} (a decompression bomb or an unusually large photo; set DEEPSHIELD_MAX_PIXELS to raise it)"
+                )
+            image.load()
+    except InvalidImageError:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImageError(f"{label}: not a recognised image format (PNG, JPEG, WebP, TIFF, BMP, GIF ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImageError(f"{label}: image dimensions exceed the safety limit (possible decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"{label}: the image data is truncated or corrupt ({str(exc).strip() or type(exc).__name__})") from None
+    return _from_pil(image, label)
+
+
+def _from_pil(image: Image.Image, label: str) -> Photo:
+    if image.width == 0 or image.height == 0:
+        raise InvalidImageError(f"{label}: the image has zero width or height")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError):
+        pass  # unreadable EXIF: keep the stored orientation
+    alpha = None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        alpha = np.asarray(image.getchannel("A"), dtype=np.uint8).copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if wide.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(wide / peak * 255.0), 0, 255).astype(np.uint8), mode="L")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    return Photo(rgb=rgb, alpha=alpha, name=label)
+
+
+def to_tensor(rgb: np.ndarray) -> Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """[1, 3, H, W] or [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (rounded)."""
+    x = x.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[0]
+    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def center_square(height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the largest centred square."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def center_crop_resize(x: Tensor, size: int) -> Tensor:
+    """Differentiable preprocessing: largest centred square, bilinear antialiased resize.
+
+    x [B, C, H, W] -> [B, C, size, size]; gradients flow back to the full-resolution input.
+    """
+    top, left, side = center_square(x.shape[2], x.shape[3])
+    crop = x[:, :, top : top + side, left : left + side]
+    if side == size:
+        return crop
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
+
+
+def quantize_within_budget(original: np.ndarray, adversarial: Tensor, epsilon: float) -> np.ndarray:
+    """Round the adversarial image to 8 bits without leaving the L-inf budget.
+
+    original uint8 [H, W, 3]; adversarial [1, 3, H, W] in [-1, 1]; epsilon on [-1, 1].
+    Rounding alone can overshoot by half a level, so the result is clamped to
+    original +- floor(epsilon * 127.5) levels (0.05 -> 6 levels of 255).
+    """
+    levels = math.floor(epsilon * 127.5 + 1e-9)
+    rounded = to_uint8(adversarial).astype(np.int16)
+    base = original.astype(np.int16)
+    return np.clip(rounded, base - levels, base + levels).clip(0, 255).astype(np.uint8)
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """Image format implied by a file name; PNG when the suffix names none."""
+    return _FORMAT_BY_SUFFIX.get(Path(path).suffix.lower(), "PNG")
+
+
+def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str = "PNG") -> bytes:
+    """Encode uint8 [H, W, 3] (+ alpha [H, W]) as PNG, JPEG (quality 95), WebP, TIFF or BMP."""
+    image = Image.fromarray(rgb, mode="RGB")
+    if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
+        image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+    buffer = io.BytesIO()
+    options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}, "PNG": {"compress_level": 6}}
+    image.save(buffer, format=fmt, **options.get(fmt, {}))
+    return buffer.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """The RGB pixels of an encoded file we wrote (uint8 [H, W, 3])."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes under a temporary name, then rename: no half-written output on a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
