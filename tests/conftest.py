@@ -1,0 +1,82 @@
+"""Shared fixtures: an isolated cache per test, tiny generators, paths to ../shared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from deepshield.manifest import ModelSpec, WeightsSource
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FACES = SHARED / "data" / "faces-dev"
+LAYOUTS = SHARED / "checkpoint-layouts"
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets empty deepshield / Hugging Face caches and no models dir; the Hub endpoint
+    points at a closed loopback port so nothing can leave the machine by accident."""
+    root = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("DEEPSHIELD_CACHE_DIR", str(root / "deepshield"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("DEEPSHIELD_MODELS_DIR", raising=False)
+    monkeypatch.delenv("MODELS_DIR", raising=False)
+    monkeypatch.delenv("DEEPSHIELD_MANIFEST", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("DEEPSHIELD_DEVICE", "cpu")
+    yield root
+
+
+def make_spec(
+    name: str,
+    architecture: str,
+    params: dict[str, Any],
+    *,
+    fmt: str,
+    image_size: int = 32,
+    targets: dict[str, tuple[float, ...]] | None = None,
+    **source: Any,
+) -> ModelSpec:
+    """A manifest entry built in code. `source`: kind="local"|"hub"|"package" and its fields."""
+    source.setdefault("kind", "local")
+    source.setdefault("filename", f"{name}.pth")
+    return ModelSpec(
+        name=name,
+        architecture=architecture,
+        params=MappingProxyType(dict(params)),
+        image_size=image_size,
+        preprocessing="center_crop_resize",
+        weights=WeightsSource(format=fmt, **source),
+        license="test",
+        description="tiny test model",
+        targets=MappingProxyType(dict(targets or {})),
+    )
+
+
+# Small parameter sets: same layer structure as the released models, a fraction of the width.
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "stargan": {"conv_dim": 8, "c_dim": 5, "repeat_num": 2},
+    "ganimation": {"variant": "replicate", "conv_dim": 8, "c_dim": 17, "repeat_num": 2},
+    "cyclegan": {"input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 2, "norm_affine": True},
+    "pix2pixhd-global": {"input_nc": 3, "output_nc": 3, "ngf": 4, "n_downsampling": 3, "n_blocks": 2},
+    "pix2pixhd-local": {"input_nc": 3, "output_nc": 3, "ngf": 4, "n_downsample_global": 2, "n_blocks_global": 2, "n_blocks_local": 1},
+}
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    monkeypatch.setenv("DEEPSHIELD_MODELS_DIR", str(path))
+    return path
+
+
+def faces() -> list[Path]:
+    return sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
