@@ -75,8 +75,8 @@ class LoadedModel:
 class ProtectionResult:
     """The protected photo (8-bit, full resolution), the two deepfakes and the report.
 
-    `metrics` holds the report fields of DESIGN.md s.3 measured on the 8-bit image;
-    `save()` writes the file and re-measures when the format is lossy.
+    `metrics` holds the report fields of DESIGN.md s.3 measured on the 8-bit image (what a
+    lossless file stores); `save()` returns them re-measured when the format is lossy.
     """
 
     protected: Image.Image
@@ -94,17 +94,86 @@ class ProtectionResult:
         fmt = imaging.output_format(path)
         data = imaging.encode(self.protected_rgb, self.alpha, fmt)
         written = imaging.decode_rgb(data)
-        if not np.array_equal(written, self.protected_rgb):
-            self.metrics = {**self.metrics, **self._remeasure(written), "output_format": fmt}
         imaging.write_atomic(path, data)
-        return self.metrics
+        if np.array_equal(written, self.protected_rgb):
+            return {**self.metrics, "output_format": fmt}
+        return {**self.metrics, **self._remeasure(written), "output_format": fmt}
 
 
 @dataclass
 class _Job:
     photo: imaging.Photo
-    original: Tensor  # [1, 3, H, W] in [-1, 1] on device
+    original: Tensor  # [1, 3, H, W] in [-1, 1] on the device
     box: tuple[int, int, int]  # (top, left, side) of the region the models see
+
+    def region(self, x: Tensor | None = None) -> Tensor:
+        top, left, side = self.box
+        x = self.original if x is None else x
+        return x[:, :, top : top + side, left : left + side]
+
+    def paste(self, region: Tensor) -> Tensor:
+        top, left, side = self.box
+        full = self.original.clone()
+        full[:, :, top : top + side, left : left + side] = region
+        return full
+
+
+@dataclass
+class _Ensemble:
+    """The generators of one request with their resolutions and target conditions."""
+
+    models: list[LoadedModel]
+    sizes: list[int]
+    conditions: list[tuple[list[str], Tensor | None]]
+
+    def deepfakes(self, index: int, regions: list[Tensor]) -> Tensor:
+        """Outputs of model `index` for every (image, target) pair: [B * T, 3, s, s]."""
+        batch = torch.cat([imaging.center_crop_resize(r, self.sizes[index]) for r in regions])
+        _, vectors = self.conditions[index]
+        generator = self.models[index].generator
+        if vectors is None:
+            return generator(batch)
+        count = vectors.shape[0]
+        return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(regions), 1))
+
+    def all_deepfakes(self, regions: list[Tensor]) -> list[Tensor]:
+        return [self.deepfakes(i, regions) for i in range(len(self.models))]
+
+    def objective(self, references: list[Tensor]) -> attacks.Objective:
+        """Per-image distance [B] from the clean deepfakes, averaged over targets and models."""
+
+        def distance(regions: list[Tensor]) -> Tensor:
+            per_model = [
+                attacks.output_distance(fake, ref).view(len(regions), -1).mean(dim=1)
+                for fake, ref in zip(self.all_deepfakes(regions), references)
+            ]
+            return torch.stack(per_model).mean(dim=0)
+
+        return distance
+
+    def disruption(self, fakes: list[Tensor], references: list[Tensor]) -> dict[str, Any]:
+        """Disruption report of one image: fakes/references [T, 3, s, s] per model."""
+        reports = {}
+        for model, (labels, _), fake, clean in zip(self.models, self.conditions, fakes, references):
+            report = metrics.disruption_metrics(fake, clean)
+            if labels:
+                report["per_target"] = {label: metrics.disruption_metrics(fake[t : t + 1], clean[t : t + 1]) for t, label in enumerate(labels)}
+            reports[model.spec.name] = report
+        if len(reports) == 1:
+            return next(iter(reports.values()))
+        mse = float(np.mean([r["mse"] for r in reports.values()]))
+        l1 = float(np.mean([r["l1"] for r in reports.values()]))
+        return {"mse": mse, "l1": l1, "disrupted": mse > metrics.DISRUPTION_THRESHOLD, "per_model": reports}
+
+    def describe(self) -> dict[str, Any]:
+        names = [m.spec.name for m in self.models]
+        if len(names) == 1:
+            return {"model": names[0], "targets": self.conditions[0][0], "image_size": self.sizes[0]}
+        return {
+            "model": names,
+            "targets": {n: c[0] for n, c in zip(names, self.conditions)},
+            "image_size": dict(zip(names, self.sizes)),
+        }
 
 
 class Engine:
@@ -258,14 +327,13 @@ class Engine:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
         seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
-        sizes = [self._model_size(m, image_size) for m in loaded]
-        conditions = [m.conditions(targets) for m in loaded]
+        ensemble = _Ensemble(loaded, [self._model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
         photos = [imaging.load_photo(img) for img in images]
         results: list[ProtectionResult] = []
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
             with self._slots:
-                results += self._protect_chunk(chunk, loaded, sizes, conditions, config, seed + start, on_step)
+                results += self._protect_chunk(chunk, ensemble, config, seed + start, on_step)
             if progress is not None:
                 progress(len(results), len(photos))
         return results
@@ -282,9 +350,7 @@ class Engine:
     def _protect_chunk(
         self,
         photos: list[imaging.Photo],
-        models: list[LoadedModel],
-        sizes: list[int],
-        conditions: list[tuple[list[str], Tensor | None]],
+        ensemble: _Ensemble,
         config: attacks.AttackConfig,
         seed: int,
         on_step: attacks.StepCallback | None,
@@ -294,93 +360,13 @@ class Engine:
         for photo in photos:
             original = imaging.to_tensor(photo.rgb).to(self.device)
             jobs.append(_Job(photo, original, imaging.center_square(original.shape[2], original.shape[3])))
-        regions = [_crop(job.original, job.box) for job in jobs]
-
-        def deepfakes(index: int, inputs: list[Tensor]) -> Tensor:
-            """Outputs of model `index` for every (image, target): [B * T, 3, s, s]."""
-            batch = torch.cat([imaging.center_crop_resize(r, sizes[index]) for r in inputs])
-            _, vectors = conditions[index]
-            generator = models[index].generator
-            if vectors is None:
-                return generator(batch)
-            count = vectors.shape[0]
-            return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(inputs), 1))
-
+        regions = [job.region() for job in jobs]
         with torch.no_grad():
-            references = [deepfakes(i, regions) for i in range(len(models))]
-
-        def objective(inputs: list[Tensor]) -> Tensor:
-            per_model = []
-            for i, reference in enumerate(references):
-                distance = attacks.output_distance(deepfakes(i, inputs), reference)
-                per_model.append(distance.view(len(inputs), -1).mean(dim=1))
-            return torch.stack(per_model).mean(dim=0)
-
-        adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)
-        attack_seconds = (time.perf_counter() - started) / len(jobs)
-
-        results = []
-        for job, region in zip(jobs, adversarial):
-            full = _paste(job.original, region, job.box)
-            protected = imaging.quantize_within_budget(job.photo.rgb, full, config.epsilon)
-            results.append(self._result(job, protected, models, sizes, conditions, references, len(results), config, seed, attack_seconds))
-        return results
-
-    def _result(
-        self,
-        job: _Job,
-        protected: np.ndarray,
-        models: list[LoadedModel],
-        sizes: list[int],
-        conditions: list[tuple[list[str], Tensor | None]],
-        references: list[Tensor],
-        position: int,
-        config: attacks.AttackConfig,
-        seed: int,
-        attack_seconds: float,
-    ) -> ProtectionResult:
-        def measure(rgb: np.ndarray) -> dict[str, Any]:
-            """Perturbation and disruption of a written 8-bit image against the original."""
-            region = _crop(imaging.to_tensor(rgb).to(self.device), job.box)
-            per_model = {}
-            with torch.no_grad():
-                for i, model in enumerate(models):
-                    labels, vectors = conditions[i]
-                    count = 1 if vectors is None else vectors.shape[0]
-                    batch = imaging.center_crop_resize(region, sizes[i])
-                    fake = models[i].generator(batch.repeat(count, 1, 1, 1), vectors)
-                    clean = references[i][position * count : (position + 1) * count]
-                    report = metrics.disruption_metrics(fake, clean)
-                    if labels:
-                        report["per_target"] = {l: metrics.disruption_metrics(fake[t : t + 1], clean[t : t + 1]) for t, l in enumerate(labels)}
-                    per_model[model.spec.name] = (report, fake[0], clean[0])
-            first = next(iter(per_model.values()))
-            disruption = dict(first[0])
-            if len(models) > 1:
-                disruption = {
-                    "mse": float(np.mean([r["mse"] for r, _, _ in per_model.values()])),
-                    "l1": float(np.mean([r["l1"] for r, _, _ in per_model.values()])),
-                }
-                disruption["disrupted"] = disruption["mse"] > metrics.DISRUPTION_THRESHOLD
-                disruption["per_model"] = {name: r for name, (r, _, _) in per_model.items()}
-            return {
-                "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb),
-                "disruption": disruption,
-                "_fakes": (first[2], first[1]),
-            }
-
-        measured = measure(protected)
-        fake_clean, fake_protected = measured.pop("_fakes")
-
-        def remeasure(rgb: np.ndarray) -> dict[str, Any]:
-            fresh = measure(rgb)
-            fresh.pop("_fakes")
-            return fresh
-
-        names = [m.spec.name for m in models]
-        report = {
-            "input": job.photo.name,
-            "model": names[0] if len(names) == 1 else names,
+            references = ensemble.all_deepfakes(regions)
+        adversarial = attacks.linf_attack(ensemble.objective(references), regions, config, seed=seed, on_step=on_step)
+        seconds = (time.perf_counter() - started) / len(jobs)
+        header = {
+            **ensemble.describe(),
             "attack": config.name,
             "epsilon": config.epsilon,
             "epsilon_255": config.epsilon * 127.5,
@@ -388,36 +374,42 @@ class Engine:
             "step_size": config.step_size,
             "random_start": config.random_start,
             "seed": seed,
-            "targets": conditions[0][0] if len(models) == 1 else {m.spec.name: c[0] for m, c in zip(models, conditions)},
-            "image_size": sizes[0] if len(models) == 1 else {m.spec.name: s for m, s in zip(models, sizes)},
-            "width": job.photo.size[0],
-            "height": job.photo.size[1],
             "device": self.device.type,
-            "seconds": round(attack_seconds, 4),
-            **measured,
+            "seconds": round(seconds, 4),
         }
+        results = []
+        for position, (job, region) in enumerate(zip(jobs, adversarial)):
+            counts = [1 if c[1] is None else c[1].shape[0] for c in ensemble.conditions]
+            own = [ref[position * n : (position + 1) * n] for ref, n in zip(references, counts)]
+            protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
+            results.append(self._result(job, protected, ensemble, own, header))
+        return results
+
+    def _result(self, job: _Job, protected: np.ndarray, ensemble: _Ensemble, references: list[Tensor], header: dict[str, Any]) -> ProtectionResult:
+        """Measure an 8-bit protected image against the original and its clean deepfakes."""
+
+        def measure(rgb: np.ndarray) -> tuple[dict[str, Any], list[Tensor]]:
+            with torch.no_grad():
+                region = job.region(imaging.to_tensor(rgb).to(self.device))
+                fakes = ensemble.all_deepfakes([region])
+            report = {
+                "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb),
+                "disruption": ensemble.disruption(fakes, references),
+            }
+            return report, fakes
+
+        measured, fakes = measure(protected)
+        width, height = job.photo.size
         return ProtectionResult(
             protected=_pil(protected, job.photo.alpha),
-            deepfake_original=Image.fromarray(imaging.to_uint8(fake_clean)),
-            deepfake_protected=Image.fromarray(imaging.to_uint8(fake_protected)),
-            metrics=report,
+            deepfake_original=Image.fromarray(imaging.to_uint8(references[0][0])),
+            deepfake_protected=Image.fromarray(imaging.to_uint8(fakes[0][0])),
+            metrics={"input": job.photo.name, **header, "width": width, "height": height, **measured},
             original_rgb=job.photo.rgb,
             protected_rgb=protected,
             alpha=job.photo.alpha,
-            _remeasure=remeasure,
+            _remeasure=lambda rgb: measure(rgb)[0],
         )
-
-
-def _crop(x: Tensor, box: tuple[int, int, int]) -> Tensor:
-    top, left, side = box
-    return x[:, :, top : top + side, left : left + side]
-
-
-def _paste(full: Tensor, region: Tensor, box: tuple[int, int, int]) -> Tensor:
-    top, left, side = box
-    out = full.clone()
-    out[:, :, top : top + side, left : left + side] = region
-    return out
 
 
 def _pil(rgb: np.ndarray, alpha: np.ndarray | None) -> Image.Image:

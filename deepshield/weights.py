@@ -144,6 +144,11 @@ def download_weights(spec: ModelSpec, *, force: bool = False) -> Path:
             f"model {spec.name!r}: could not download {source.describe()}: {_short(exc)}. "
             f"{missing_weights_hint(spec)}"
         ) from None
+    except Exception as exc:  # transport errors of whichever HTTP client huggingface_hub uses
+        raise WeightsError(
+            f"model {spec.name!r}: the download of {source.describe()} failed ({type(exc).__name__}: {_short(exc)}); "
+            f"run `python -m deepshield fetch {spec.name}` again"
+        ) from None
     return Path(path)
 
 
@@ -167,7 +172,21 @@ def resolve_weights(spec: ModelSpec, *, allow_download: bool = True) -> tuple[Pa
             raise
     # A cached download can be damaged (interrupted copy, disk error): fetch it once more.
     path = download_weights(spec, force=True)
-    return path, verify_sha256(spec, path)
+    try:
+        return path, verify_sha256(spec, path)
+    except WeightsError as error:
+        _evict(path)
+        raise WeightsError(
+            f"{error} A fresh download failed the same check and was removed from the cache: the upload may have "
+            "changed or been tampered with, so check the manifest's revision and sha256."
+        ) from None
+
+
+def _evict(path: Path) -> None:
+    """Remove a Hugging Face cache entry: the snapshot link and the blob it points to."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,11 +415,11 @@ def load_weights_file(
         try:
             state = load_file(str(cached), device="cpu")
             meta = _safetensors_metadata(cached)
-            if meta.get("architecture") == architecture:
-                stored = json.loads(meta.get("params", "{}"))
-                model = instantiate(architecture, stored, state)
-                return LoadedWeights(model, path, meta.get("format", "?"), stored, source_sha)
-        except (SafetensorError, OSError, ValueError, RuntimeError):
+            stored = json.loads(meta.get("params", "{}"))
+            fmt = get_architecture(architecture).format(meta.get("format", "")) if meta.get("architecture") == architecture else None
+            if fmt is not None and stored == {**params, **fmt.params}:
+                return LoadedWeights(instantiate(architecture, stored, state), path, fmt.name, stored, source_sha)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt from the source
     state = read_checkpoint(path)
     matched = match_checkpoint(state, [(architecture, params)], preferred_format=preferred_format, source=label)

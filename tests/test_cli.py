@@ -1,0 +1,175 @@
+"""`python -m deepshield` as a user runs it: a tiny model from a temporary manifest, bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from deepshield.errors import InvalidImageError
+from deepshield.imaging import load_photo
+from deepshield.models import get_architecture
+from tests.conftest import REPO, TINY_PARAMS
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, isolated_caches: Path) -> dict[str, str]:
+    """Environment for a subprocess: a manifest with one tiny local model whose weights exist."""
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.manual_seed(0)
+    module = get_architecture("cyclegan").build(**TINY_PARAMS["cyclegan"])
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(models / "tiny.safetensors"))
+    manifest = {
+        "models": {
+            "tiny": {
+                "architecture": "cyclegan",
+                "params": TINY_PARAMS["cyclegan"],
+                "image_size": 32,
+                "weights": {"local": "tiny.safetensors", "format": "vintagify"},
+            }
+        }
+    }
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    return {
+        **os.environ,
+        "DEEPSHIELD_MANIFEST": str(tmp_path / "manifest.yaml"),
+        "DEEPSHIELD_MODELS_DIR": str(models),
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deepshield", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_protect_writes_images_report_and_deepfakes(cli_env, tmp_path):
+    inputs = [write_photo(tmp_path / "a.png", seed=1), write_photo(tmp_path / "b.jpg", 48, 32, seed=2)]
+    out = tmp_path / "out"
+    proc = run(
+        cli_env, "protect", *map(str, inputs), "--out-dir", str(out), "--model", "tiny", "--attack", "ifgsm",
+        "--iterations", "3", "--epsilon", "0.03", "--seed", "7", "--report", str(tmp_path / "r.json"),
+        "--deepfake-dir", str(tmp_path / "fakes"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["output"] for r in report] == [str(out / "a.protected.png"), str(out / "b.protected.png")]
+    for entry, source in zip(report, inputs):
+        assert entry["input"] == str(source) and entry["model"] == "tiny" and entry["attack"] == "ifgsm"
+        assert (entry["epsilon"], entry["iterations"], entry["step_size"]) == (0.03, 3, 0.01)
+        assert set(entry["perturbation"]) >= {"linf", "l2", "psnr", "ssim"}
+        assert set(entry["disruption"]) >= {"mse", "l1", "disrupted"}
+        written = np.asarray(Image.open(entry["output"]).convert("RGB"), dtype=int)
+        original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
+        assert written.shape == original.shape
+        assert np.abs(written - original).max() / 127.5 == pytest.approx(entry["perturbation"]["linf"])
+        assert np.abs(written - original).max() <= 0.03 * 127.5
+    assert sorted(p.name for p in (tmp_path / "fakes").iterdir()) == [
+        "a.deepfake_original.png", "a.deepfake_protected.png", "b.deepfake_original.png", "b.deepfake_protected.png",
+    ]
+
+
+def test_output_format_follows_the_name(cli_env, tmp_path):
+    source = write_photo(tmp_path / "in.png")
+    proc = run(cli_env, "protect", str(source), "-o", str(tmp_path / "out.jpg"), "--model", "tiny", "--iterations", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "out.jpg").format == "JPEG"
+
+
+def test_models_json_lists_every_entry_with_status(cli_env):
+    proc = run(cli_env, "models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert (row["name"], row["architecture"], row["image_size"], row["status"]) == ("tiny", "cyclegan", 32, "cached")
+    assert row["labels"] == [] and row["weights"]["kind"] == "local"
+
+
+def test_real_manifest_models_listing():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = run(env, "models", "--json")
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert {"stargan-celeba-128", "stargan-celeba-256", "ganimation-celeba", "cyclegan-vintage", "cyclegan-horse2zebra", "pix2pixhd-label2city-1024p"} <= set(rows)
+    assert rows["cyclegan-vintage"]["status"] == "cached"  # shipped by the vintagify wheel
+    assert rows["stargan-celeba-128"]["labels"] == ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
+    assert rows["cyclegan-horse2zebra"]["status"] == "unavailable"
+    assert "DEEPSHIELD_MODELS_DIR" in rows["pix2pixhd-label2city-1024p"]["reason"]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header claims another size (a decompression bomb's calling card)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()[:300]
+
+
+BAD_INPUTS = {
+    "not-an-image.jpg": (b"this is plain text, not pixels", "not a recognised image format"),
+    "empty.png": (b"", "empty"),
+    "truncated.jpg": (_truncated_jpeg(), "truncated or corrupt"),
+    "bomb.png": (_png_claiming(60000, 60000), "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_images_are_refused_by_the_api(tmp_path, name):
+    data, message = BAD_INPUTS[name]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InvalidImageError, match=message):
+        load_photo(tmp_path / name)
+    with pytest.raises(InvalidImageError, match=message):
+        load_photo(data, name=name)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not-an-image.jpg", "empty.png", "truncated.jpg", "bomb.png", "missing-file", "unknown-model", "epsilon-too-big", "epsilon-negative"],
+)
+def test_cli_bad_input_exits_non_zero_with_one_line(cli_env, tmp_path, case):
+    good = write_photo(tmp_path / "good.png")
+    args = ["--model", "tiny", "--iterations", "1"]
+    if case in BAD_INPUTS:
+        (tmp_path / case).write_bytes(BAD_INPUTS[case][0])
+        source = tmp_path / case
+    elif case == "missing-file":
+        source = tmp_path / "nowhere.png"
+    else:
+        source = good
+        args = {
+            "unknown-model": ["--model", "no-such-model"],
+            "epsilon-too-big": ["--model", "tiny", "--epsilon", "0.9"],
+            "epsilon-negative": ["--model", "tiny", "--epsilon=-0.1"],
+        }[case]
+    proc = run(cli_env, "protect", str(source), "-o", str(tmp_path / "out.png"), *args)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.png").exists()

@@ -1,0 +1,161 @@
+"""The protect pipeline on tiny generators: targets, ensembles, batches, files and metrics."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from deepshield.engine import Engine
+from deepshield.errors import InvalidParameterError, UnknownModelError
+from deepshield.models import get_architecture
+from tests.conftest import TINY_PARAMS, make_spec
+
+HAIR = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
+
+
+def _save_tiny(directory: Path, name: str, architecture: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
+
+
+@pytest.fixture
+def engine(models_dir: Path) -> Engine:
+    _save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
+    _save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
+    _save_tiny(models_dir, "tiny-global", "pix2pixhd-global", seed=2)
+    specs = {
+        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
+        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
+        "tiny-global": make_spec("tiny-global", "pix2pixhd-global", TINY_PARAMS["pix2pixhd-global"], fmt="official", filename="tiny-global.safetensors"),
+    }
+    return Engine(specs, device="cpu")
+
+
+def photo(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = 4 if mode == "RGBA" else 3
+    return Image.fromarray(rng.integers(0, 256, (height, width, channels), dtype=np.uint8), mode=mode)
+
+
+def test_protect_keeps_size_budget_and_reports_the_contract_fields(engine):
+    image = photo(50, 40)
+    result = engine.protect(image, model="tiny-cyclegan", epsilon=0.05, iterations=3, seed=0)
+    assert result.protected.size == (50, 40)
+    diff = np.abs(np.asarray(result.protected, dtype=int) - np.asarray(image, dtype=int))
+    assert diff.max() <= math.floor(0.05 * 127.5)  # 6 levels: strictly inside the budget after rounding
+    m = result.metrics
+    for key in ("input", "model", "attack", "epsilon", "iterations", "step_size", "seconds", "perturbation", "disruption"):
+        assert key in m
+    assert set(m["perturbation"]) >= {"linf", "l2", "psnr", "ssim"}
+    assert set(m["disruption"]) >= {"mse", "l1", "disrupted"}
+    assert m["perturbation"]["linf"] == pytest.approx(diff.max() / 127.5)
+    assert m["perturbation"]["l2"] == pytest.approx(np.sqrt(((diff / 127.5) ** 2).sum()))
+    assert result.deepfake_original.size == result.deepfake_protected.size == (32, 32)
+
+
+def test_only_the_region_the_model_sees_is_perturbed(engine):
+    image = photo(64, 32)  # the model sees the centred 32x32 square
+    result = engine.protect(image, model="tiny-cyclegan", iterations=2, seed=0)
+    diff = np.abs(np.asarray(result.protected, dtype=int) - np.asarray(image, dtype=int)).max(axis=2)
+    assert diff[:, :16].max() == 0 and diff[:, 48:].max() == 0
+    assert diff[:, 16:48].max() > 0
+
+
+def test_disruption_metric_is_measured_on_the_written_8bit_image(engine):
+    image = photo(32, 32, seed=3)
+    result = engine.protect(image, model="tiny-cyclegan", iterations=3, seed=1)
+    model = engine.load("tiny-cyclegan").generator
+    to_tensor = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        mse = torch.mean((model(to_tensor(result.protected)) - model(to_tensor(image))) ** 2).item()
+    assert result.metrics["disruption"]["mse"] == pytest.approx(mse, rel=1e-5)
+
+
+def test_lossy_output_is_remeasured_from_the_file(engine, tmp_path):
+    result = engine.protect(photo(32, 32, seed=4), model="tiny-cyclegan", iterations=2, seed=0)
+    png = dict(result.save(tmp_path / "p.png")["perturbation"])
+    jpg = result.save(tmp_path / "p.jpg")["perturbation"]
+    written = np.asarray(Image.open(tmp_path / "p.jpg").convert("RGB"), dtype=int)
+    assert jpg["linf"] == pytest.approx(np.abs(written - result.original_rgb.astype(int)).max() / 127.5)
+    assert jpg != png
+    assert Image.open(tmp_path / "p.png").format == "PNG" and Image.open(tmp_path / "p.jpg").format == "JPEG"
+
+
+def test_all_targets_are_attacked_jointly_or_a_chosen_subset(engine):
+    full = engine.protect(photo(32, 32), model="tiny-stargan", iterations=2, seed=0)
+    assert full.metrics["targets"] == list(HAIR)
+    assert set(full.metrics["disruption"]["per_target"]) == set(HAIR)
+    subset = engine.protect(photo(32, 32), model="tiny-stargan", iterations=2, seed=0, targets=["Male"])
+    assert list(subset.metrics["disruption"]["per_target"]) == ["Male"]
+    with pytest.raises(InvalidParameterError, match="no target 'Bald'"):
+        engine.protect(photo(32, 32), model="tiny-stargan", targets=["Bald"])
+    with pytest.raises(InvalidParameterError, match="unconditional"):
+        engine.protect(photo(32, 32), model="tiny-cyclegan", targets=["Male"])
+
+
+def test_ensemble_reports_every_model(engine):
+    result = engine.protect(photo(48, 48), model=["tiny-cyclegan", "tiny-stargan"], iterations=2, seed=0)
+    per_model = result.metrics["disruption"]["per_model"]
+    assert set(per_model) == {"tiny-cyclegan", "tiny-stargan"}
+    assert result.metrics["disruption"]["mse"] == pytest.approx((per_model["tiny-cyclegan"]["mse"] + per_model["tiny-stargan"]["mse"]) / 2)
+
+
+def test_batch_of_different_sizes_in_one_attack(engine):
+    images = [photo(40, 30, seed=1), photo(33, 57, seed=2), photo(32, 32, seed=3)]
+    steps = []
+    results = engine.protect_batch(images, model="tiny-cyclegan", iterations=2, seed=0, on_step=lambda s, t, loss: steps.append(loss.shape[0]))
+    assert [r.protected.size for r in results] == [im.size for im in images]
+    assert steps == [3, 3]  # one batched forward per step for all three photos
+
+
+def test_alpha_channel_survives(engine, tmp_path):
+    image = photo(32, 32, mode="RGBA")
+    result = engine.protect(image, model="tiny-cyclegan", iterations=1, seed=0)
+    result.save(tmp_path / "a.png")
+    written = Image.open(tmp_path / "a.png")
+    assert written.mode == "RGBA"
+    assert np.array_equal(np.asarray(written)[..., 3], np.asarray(image)[..., 3])
+
+
+def test_input_bytes_path_and_pil_give_the_same_result(engine, tmp_path):
+    image = photo(32, 32, seed=8)
+    path = tmp_path / "in.png"
+    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    results = [engine.protect(src, model="tiny-cyclegan", iterations=2, seed=5) for src in (image, path, buffer.getvalue())]
+    assert all(np.array_equal(results[0].protected_rgb, r.protected_rgb) for r in results[1:])
+
+
+def test_image_size_override_is_validated(engine):
+    result = engine.protect(photo(64, 64), model="tiny-global", iterations=1, image_size=16, seed=0)
+    assert result.deepfake_original.size == (16, 16)
+    with pytest.raises(InvalidParameterError, match="multiple of 8"):
+        engine.protect(photo(64, 64), model="tiny-global", image_size=20)
+
+
+def test_unknown_model_lists_the_known_ones(engine):
+    with pytest.raises(UnknownModelError, match="tiny-cyclegan"):
+        engine.protect(photo(32, 32), model="nope")
+
+
+def test_label_map_models_are_refused_for_photos():
+    engine = Engine(device="cpu")
+    with pytest.raises(InvalidParameterError, match="label maps"):
+        engine.protect(photo(32, 32), model="pix2pixhd-label2city-1024p")
+
+
+def test_models_load_once_and_unload(engine):
+    first = engine.load("tiny-cyclegan")
+    assert engine.load("tiny-cyclegan") is first
+    assert engine.status("tiny-cyclegan")[0] == "loaded"
+    assert engine.unload("tiny-cyclegan")
+    assert engine.status("tiny-cyclegan")[0] == "cached"

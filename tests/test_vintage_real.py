@@ -1,0 +1,60 @@
+"""The real offline model (`cyclegan-vintage`, weights from the vintagify wheel) on real photos."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from deepshield.engine import Engine
+from tests.conftest import REPO, faces
+
+pytestmark = pytest.mark.heavy
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(device="cpu")
+
+
+def test_vintage_weights_are_verified_and_load(engine):
+    model = engine.load("cyclegan-vintage")
+    assert model.weights_sha256 == engine.spec("cyclegan-vintage").weights.sha256
+    assert model.num_parameters == 11388675
+    assert model.weights_format == "vintagify"
+
+
+def test_pgd_defaults_disrupt_every_dev_photo_within_budget(engine):
+    photos = faces()
+    assert len(photos) >= 20
+    results = engine.protect_batch(photos, model="cyclegan-vintage", attack="pgd", epsilon=0.05, iterations=10, step_size=0.01, seed=0, batch_size=4)
+    levels = math.floor(0.05 * 127.5)
+    for path, result in zip(photos, results):
+        original = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), dtype=int)
+        written = np.asarray(result.protected.convert("RGB"), dtype=int)
+        assert written.shape == original.shape, path.name
+        assert np.abs(written - original).max() <= levels, path.name
+        assert result.metrics["disruption"]["mse"] > 0.05, (path.name, result.metrics["disruption"])
+        assert result.metrics["perturbation"]["ssim"] > 0.7, path.name
+
+
+def test_cli_protect_on_a_real_photo_writes_a_png_within_budget(tmp_path):
+    source = faces()[0]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepshield", "protect", str(source), "-o", str(tmp_path / "p.png"), "--seed", "0", "--report", str(tmp_path / "r.json")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    written = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"), dtype=int)
+    original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
+    assert np.abs(written - original).max() / 127.5 <= 0.05
+    assert report["disruption"]["disrupted"] is True
+    assert report["model"] == "cyclegan-vintage" and report["attack"] == "pgd"
