@@ -424,9 +424,10 @@ def load_weights_file(
     state = read_checkpoint(path)
     matched = match_checkpoint(state, [(architecture, params)], preferred_format=preferred_format, source=label)
     try:
-        model = instantiate(matched.architecture, matched.params, matched.state_dict)
+        model = instantiate(matched.architecture, matched.params, to_float32(matched.state_dict))
     except RuntimeError as exc:  # load_state_dict: dtype or other mismatch the layout check missed
-        raise WeightsError(f"{label} does not load into {architecture}: {_short(exc)}") from None
+        detail = " ".join(str(exc).split())
+        raise WeightsError(f"{label} does not load into {architecture}: {detail}") from None
     if not _is_safetensors(path):
         write_safetensors(matched.state_dict, cached, _metadata(matched, source_sha))
     return LoadedWeights(model, path, matched.format, matched.params, source_sha)

@@ -219,16 +219,7 @@ def _other_formats() -> list[Any]:
         for other in get_architecture(arch_name).formats:
             if other.name == fmt_name:
                 continue
-            marks = []
-            if (listing_name, other.name) == ("stargan-official.modern-save.txt", "lornatang"):
-                marks = [
-                    pytest.mark.xfail(
-                        strict=True,
-                        reason="bug: stargan.from_lornatang passes non-lornatang keys through, so it accepts an "
-                        "official file unchanged and the file is reported/cached as format 'lornatang'",
-                    )
-                ]
-            cases.append(pytest.param(listing_name, other.name, marks=marks, id=f"{listing_name}-prefer-{other.name}"))
+            cases.append(pytest.param(listing_name, other.name, id=f"{listing_name}-prefer-{other.name}"))
     return cases
 
 
@@ -424,11 +415,6 @@ def test_file_round_trip(case: FileCase, tmp_path: Path, monkeypatch: pytest.Mon
     torch.testing.assert_close(again.model(x, condition), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_weights_file instantiates the first load from the unconverted state (float16 stays "
-    "float16) while the cached safetensors is float32; fix: instantiate(..., to_float32(matched.state_dict))",
-)
 def test_half_precision_checkpoint_loads_as_float32(tmp_path: Path) -> None:
     """A float16 checkpoint gives the same float32 network on the first and the cached load."""
     original = tiny_module("cyclegan", "official")
@@ -526,6 +512,18 @@ def test_mismatched_checkpoint_is_rejected(
     assert path.name in message and "\n" not in message
     for word in words:
         assert word in message
+    assert converted_files() == []
+
+
+def test_integer_weight_is_rejected_naming_the_key(tmp_path: Path) -> None:
+    """An int64 tensor where a float parameter belongs is refused, and the message says which one."""
+    state = dict(tiny_module("cyclegan", "official").state_dict())
+    state["model.1.bias"] = torch.zeros_like(state["model.1.bias"], dtype=torch.long)
+    path = tmp_path / "G.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as info:
+        load_weights_file(path, architecture="cyclegan", params=TINY_PARAMS["cyclegan"], preferred_format="official", label="weights file G.pth")
+    assert "G.pth" in str(info.value) and "model.1.bias" in str(info.value)
     assert converted_files() == []
 
 

@@ -107,6 +107,8 @@ def from_lornatang(state_dict: StateDict) -> StateDict:
     first_layer.{0,1} -> main.{0,1}; down_sampling.i -> main.(3+i); trunk.k -> main.(9+k);
     up_sampling.i -> main.(9+R+i) with R residual blocks; last_layer.0 -> main.(15+R).
     """
+    if not any(_LORNATANG_PREFIX.match(key) for key in state_dict):
+        raise ValueError("no first_layer/down_sampling/trunk/up_sampling/last_layer keys: not the lornatang layout")
     repeat_num = len({int(m.group(2)) for k in state_dict if (m := _LORNATANG_PREFIX.match(k)) and m.group(1) == "trunk"})
     offsets = {"first_layer": 0, "down_sampling": 3, "trunk": 9, "up_sampling": 9 + repeat_num, "last_layer": 15 + repeat_num}
     out: StateDict = {}
