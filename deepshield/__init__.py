@@ -15,6 +15,7 @@ from deepshield.errors import (
     DeepshieldError,
     InvalidImageError,
     InvalidParameterError,
+    ServerBusyError,
     UnknownModelError,
     WeightsError,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidParameterError",
     "ProtectionResult",
+    "ServerBusyError",
     "UnknownModelError",
     "WeightsError",
     "list_models",

@@ -6,7 +6,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from deepshield import attacks, imaging, metrics
-from deepshield.errors import InvalidParameterError, UnknownModelError
+from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
 from deepshield.manifest import ModelSpec, load_manifest
 from deepshield.models import Generator
 from deepshield.weights import find_local_weights, load_model, missing_weights_hint
@@ -186,14 +187,18 @@ class Engine:
         device: str | None = None,
         max_loaded: int = 4,
         max_concurrent: int | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
         self.device = pick_device(device)
         self.max_loaded = max_loaded
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
-        limit = max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1"))
-        self._slots = threading.BoundedSemaphore(max(1, limit))
+        self.max_concurrent = max(1, max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1")))
+        self.max_queue = max(0, max_queue if max_queue is not None else int(os.environ.get("DEEPSHIELD_MAX_QUEUE", "16")))
+        self._slots = threading.BoundedSemaphore(self.max_concurrent)
+        self._waiting = 0
+        self._running = 0
 
     # ---------------------------------------------------------------- models
 
@@ -277,6 +282,44 @@ class Engine:
             )
         return rows
 
+    # ---------------------------------------------------------------- admission
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Run under the concurrency limit; refuse at once when `max_queue` callers already wait.
+
+        Every entry point (UI, REST, CLI, Python) goes through here, so nothing bypasses the limit.
+        """
+        with self._lock:
+            if self._waiting >= self.max_queue and self._running >= self.max_concurrent:
+                raise ServerBusyError(
+                    f"the server is busy: {self._running} protection(s) running and {self._waiting} waiting "
+                    f"(limit {self.max_queue}); retry in a few seconds"
+                )
+            self._waiting += 1
+        try:
+            self._slots.acquire()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+            self._slots.release()
+
+    @property
+    def queue_depth(self) -> int:
+        """Callers waiting for a slot."""
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        return self._running
+
     # ---------------------------------------------------------------- protection
 
     def protect(self, image: ImageInput, **options: Any) -> ProtectionResult:
@@ -332,7 +375,7 @@ class Engine:
         results: list[ProtectionResult] = []
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
-            with self._slots:
+            with self.admission():
                 results += self._protect_chunk(chunk, ensemble, config, seed + start, on_step)
             if progress is not None:
                 progress(len(results), len(photos))

@@ -23,3 +23,7 @@ class ManifestError(DeepshieldError):
 
 class WeightsError(DeepshieldError):
     """Weights are missing, unreachable, corrupt, tampered with, or do not fit the network."""
+
+
+class ServerBusyError(DeepshieldError):
+    """Every protection slot is taken and the waiting line is full; retry later."""

@@ -159,3 +159,31 @@ def test_models_load_once_and_unload(engine):
     assert engine.status("tiny-cyclegan")[0] == "loaded"
     assert engine.unload("tiny-cyclegan")
     assert engine.status("tiny-cyclegan")[0] == "cached"
+
+
+def test_admission_refuses_when_the_line_is_full(engine):
+    import threading
+
+    from deepshield.errors import ServerBusyError
+
+    busy = Engine(engine.specs, device="cpu", max_concurrent=1, max_queue=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with busy.admission():
+            holding.set()
+            release.wait(10)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    holding.wait(10)
+    waiter = threading.Thread(target=lambda: busy.protect(photo(32, 32), model="tiny-cyclegan", iterations=1, seed=0))
+    waiter.start()
+    while busy.queue_depth < 1:
+        threading.Event().wait(0.01)
+    with pytest.raises(ServerBusyError, match="retry"):
+        busy.protect(photo(32, 32), model="tiny-cyclegan", iterations=1)
+    release.set()
+    first.join(10)
+    waiter.join(30)
+    assert busy.queue_depth == 0 and busy.running == 0
