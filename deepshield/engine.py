@@ -193,6 +193,7 @@ class Engine:
         self.device = pick_device(device)
         self.max_loaded = max_loaded
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.RLock()
         self.max_concurrent = max(1, max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1")))
         self.max_queue = max(0, max_queue if max_queue is not None else int(os.environ.get("DEEPSHIELD_MAX_QUEUE", "16")))
@@ -209,13 +210,22 @@ class Engine:
             raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.specs))}") from None
 
     def load(self, name: str, *, weights: str | os.PathLike[str] | None = None, allow_download: bool = True) -> LoadedModel:
-        """Return the model, loading it (and downloading its weights if allowed) once."""
+        """Return the model, loading it (and downloading its weights if allowed) once.
+
+        A download or conversion holds only this model's loading lock, so status queries and
+        other models are never blocked behind it.
+        """
         spec = self.spec(name)
         key = (name, str(Path(weights).resolve()) if weights else "")
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._models:  # another caller finished it while we waited
+                    return self._models[key]
             loaded = load_model(spec, weights=Path(weights) if weights else None, allow_download=allow_download)
             generator = loaded.model.to(self.device)
             model = LoadedModel(
@@ -226,9 +236,10 @@ class Engine:
                 weights_sha256=loaded.sha256,
                 num_parameters=sum(p.numel() for p in generator.parameters()),
             )
-            self._models[key] = model
-            while len(self._models) > self.max_loaded:
-                self._models.popitem(last=False)
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self.max_loaded:
+                    self._models.popitem(last=False)
             return model
 
     def unload(self, name: str) -> bool:
