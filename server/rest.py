@@ -1,0 +1,557 @@
+"""REST API v1 (DESIGN.md s.3): protect one photo or a batch, models, attack config, health.
+
+Every route goes through `GuardedRoute`, which in this order: refuses a client over the rate
+limit (429, POST routes only), refuses a body whose Content-Length, or whose streamed size,
+exceeds the route's budget (413) before anything is read or decoded, then maps every error to
+JSON `{"error": kind, "message": text}`. Engine calls run in worker threads, so the event loop
+keeps answering /health while attacks run; the engine's `admission()` is the shared
+concurrency limit of the UI, REST and batch jobs alike.
+
+Rate limiting (POST routes: protect image / batch, model load / unload; GETs such as status
+polling are free) counts per client = the TCP peer, `request.client.host`. X-Forwarded-For is not
+read here because any client can forge it; uvicorn's proxy-headers support already replaces
+`request.client` with the X-Forwarded-For client when the peer is a trusted proxy
+(`FORWARDED_ALLOW_IPS`, default 127.0.0.1). Behind a remote reverse proxy, set
+FORWARDED_ALLOW_IPS to its address, or every user shares the proxy's budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+import deepshield
+from deepshield import attacks
+from deepshield.engine import Engine, ProtectionResult
+from deepshield.errors import (
+    DeepshieldError,
+    InvalidImageError,
+    InvalidParameterError,
+    ServerBusyError,
+    UnknownModelError,
+    WeightsError,
+)
+from server import observability
+from server.jobs import JobQueueFullError, JobStore, UnknownTaskError
+from server.ratelimit import SlidingWindowLimiter
+from server.schemas import (
+    RANDOM_START_RULE,
+    STEP_SIZE_MAX,
+    BatchAccepted,
+    ErrorResponse,
+    ProtectBatchRequest,
+    ProtectImageRequest,
+    ProtectImageResponse,
+    ProtectOptions,
+)
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+SMALL_BODY = 64 * 1024  # bodies of routes that take no image
+JSON_SLACK = 64 * 1024  # field names, options, data-URL prefix
+BASE64_WRAP = 1.02  # tolerate line-wrapped base64 (76 chars + newline)
+BUSY_RETRY_AFTER = 5  # seconds a client should wait after a 503 busy
+BATCH_BUSY_WAIT = 300.0  # a batch item waits this long for a free slot before failing
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+SUFFIX = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+class ApiError(HTTPException):
+    """An error the client gets as JSON `{"error": kind, "message": message}`."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=dict(headers or {}))
+        self.kind = kind
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status_code, self.kind, self.message, self.headers)
+
+
+def error_response(status: int, kind: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message, **extra}, status_code=status, headers=dict(headers or {}))
+
+
+# An absolute or home-relative path not glued to a word, URL scheme or variable ($DIR/x).
+_PATH = re.compile(r"(?<![\w$:/.~-])(?:~|\.{1,2})?/(?:[^\s'\"`,;:()<>\[\]{}/]+/)*([^\s'\"`,;:()<>\[\]{}/]*)")
+
+
+def scrub(text: str) -> str:
+    """Replace server file system paths in an engine message with `.../<file name>`."""
+    return _PATH.sub(lambda m: f".../{m.group(1)}" if m.group(1) else "...", text)
+
+
+def from_deepshield(error: DeepshieldError) -> ApiError:
+    """Map an engine error to its status code; messages are the engine's, minus server paths."""
+    message = scrub(str(error))
+    if isinstance(error, ServerBusyError):
+        return ApiError(503, "server_busy", message, {"Retry-After": str(BUSY_RETRY_AFTER)})
+    if isinstance(error, InvalidImageError):
+        return ApiError(400, "invalid_image", message)
+    if isinstance(error, InvalidParameterError):
+        return ApiError(422, "invalid_parameter", message)
+    if isinstance(error, UnknownModelError):
+        return ApiError(404, "unknown_model", message)
+    if isinstance(error, WeightsError):
+        return ApiError(503, "weights_unavailable", message)
+    log.error("server configuration error: %s", error)  # ManifestError and the like
+    return ApiError(500, "internal_error", "the server is misconfigured; the operator has been told in the logs")
+
+
+_KIND_BY_STATUS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _validation_response(error: RequestValidationError) -> JSONResponse:
+    """422 in the API's shape; never echoes the input (it may be megabytes of base64)."""
+    details = []
+    for item in error.errors():
+        loc = [str(part) for part in item.get("loc", ()) if part != "body"]
+        field = ".".join(loc) or "body"
+        message = "the body is not valid JSON" if item.get("type") == "json_invalid" else str(item.get("msg", "invalid"))
+        details.append({"field": field, "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3]) or "invalid request"
+    return error_response(422, "invalid_request", summary, details=details)
+
+
+# ------------------------------------------------------------------------------------ guard
+
+
+def _encoded_budget(max_bytes: int) -> int:
+    """Bytes that base64 of a `max_bytes` file can take inside a JSON string."""
+    return math.ceil(max_bytes * 4 / 3 * BASE64_WRAP) + 1024
+
+
+def body_limit(path: str, settings: Settings) -> int:
+    """The largest request body a route accepts."""
+    if path == f"{PREFIX}/protect/image":
+        return _encoded_budget(settings.max_image_bytes) + JSON_SLACK
+    if path == f"{PREFIX}/protect/batch":
+        return settings.max_batch_size * _encoded_budget(settings.max_image_bytes) + JSON_SLACK
+    return SMALL_BODY
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"the request body is larger than this endpoint accepts ({limit / 1e6:.2f} MB): send a smaller image "
+        "(MAX_IMAGE_SIZE_MB applies to each image) or fewer images per batch",
+    )
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The request with a body reader that refuses more than `limit` bytes (chunked uploads)."""
+    received = 0
+    receive = request.receive
+
+    async def limited_receive() -> Any:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, limited_receive)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def make_route_class(settings: Settings, limiter: SlidingWindowLimiter) -> type[APIRoute]:
+    """An APIRoute that rate-limits, size-limits and maps errors to JSON (see module docstring)."""
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handle = super().get_route_handler()
+            limit = body_limit(self.path_format, settings)
+            rate_limited = "POST" in self.methods
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    if rate_limited and (wait := limiter.hit(_client(request))) is not None:
+                        raise ApiError(
+                            429,
+                            "rate_limited",
+                            f"too many requests: at most {limiter.limit} per minute per client on this endpoint; retry in {wait} s",
+                            {"Retry-After": str(wait)},
+                        )
+                    declared = request.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > limit:
+                        raise _too_large(limit)
+                    return await handle(_limited(request, limit))
+                except ApiError as error:
+                    return error.response()
+                except RequestValidationError as error:
+                    return _validation_response(error)
+                except DeepshieldError as error:
+                    return from_deepshield(error).response()
+                except HTTPException as error:
+                    kind = _KIND_BY_STATUS.get(error.status_code, "http_error")
+                    return error_response(error.status_code, kind, str(error.detail), error.headers)
+                except Exception:
+                    log.exception("unhandled error in %s %s", request.method, request.url.path)
+                    return error_response(500, "internal_error", "internal server error; it has been logged, retry later or report it")
+
+            return guarded
+
+    return GuardedRoute
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def decode_image(text: str, settings: Settings, label: str = "image") -> bytes:
+    """base64 (or a data URL) -> file bytes, checking the size before decoding and the
+    dimensions from the header only (no pixel is decoded here)."""
+    text = text.strip()
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ApiError(400, "invalid_image", f"{label}: a data URL must look like data:image/png;base64,<data>")
+    limit = settings.max_image_bytes
+    if len(text) > _encoded_budget(limit):
+        raise _image_too_large(label, f"about {len(text) * 3 // 4 / 1e6:.2f} MB", settings)
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_image", f"{label}: not valid base64 (use the standard alphabet A-Z a-z 0-9 + / with = padding)") from None
+    if not data:
+        raise ApiError(400, "invalid_image", f"{label}: the image is empty")
+    if len(data) > limit:
+        raise _image_too_large(label, f"{len(data) / 1e6:.2f} MB", settings)
+    width, height = _header_size(data, label)
+    if max(width, height) > settings.max_image_dimension:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{label}: {width}x{height} pixels is larger than this server accepts ({settings.max_image_dimension} pixels a side); downscale it first",
+        )
+    return data
+
+
+def _image_too_large(label: str, size: str, settings: Settings) -> ApiError:
+    return ApiError(413, "image_too_large", f"{label}: the image is {size}, above the limit of {settings.max_image_size_mb:g} MB; send a smaller file")
+
+
+def _header_size(data: bytes, label: str) -> tuple[int, int]:
+    """(width, height) from the file header; PIL decodes no pixels until `load()`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except UnidentifiedImageError:
+        raise ApiError(400, "invalid_image", f"{label}: not a recognised image format (PNG, JPEG, WebP, TIFF, BMP, GIF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, "image_too_large", f"{label}: the image claims enormous dimensions (a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ApiError(400, "invalid_image", f"{label}: the image header is truncated or corrupt") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _b64(buffer.getvalue())
+
+
+def _written(result: ProtectionResult, fmt: str) -> tuple[bytes, dict[str, Any]]:
+    """The file in `fmt` and the metrics measured on it (`ProtectionResult.save` semantics)."""
+    with tempfile.TemporaryDirectory(prefix="deepshield-") as directory:
+        path = Path(directory) / f"protected{SUFFIX[fmt]}"
+        metrics = result.save(path)
+        return path.read_bytes(), metrics
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, NaN / infinity as null."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ------------------------------------------------------------------------------------ service
+
+
+class ProtectService:
+    """What the endpoints and batch jobs do with the engine; blocking, run it in a thread."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    def resolve_model(self, model_type: str | None) -> str:
+        """A manifest name as is; an architecture name -> the first manifest entry of it."""
+        name = model_type or self.settings.default_model
+        if name in self.engine.specs:
+            return name
+        key = name.lower()
+        for spec in self.engine.specs.values():
+            architecture = spec.architecture.lower()
+            if key in (architecture, architecture.split("-")[0]):
+                return spec.name
+        architectures = sorted({s.architecture.split("-")[0] for s in self.engine.specs.values()})
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"unknown model {name!r}: use a name from GET {PREFIX}/models ({', '.join(self.engine.specs)}) or an architecture ({', '.join(architectures)})",
+        )
+
+    def ensure_ready(self, name: str) -> None:
+        """Protection never downloads: refuse models whose weights are not on this server."""
+        if self.engine.spec(name).preprocessing == "label_map":
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"model {name!r} translates semantic label maps, not photos, so there is nothing in a photo to protect against it; pick a photo model",
+            )
+        status, reason = self.engine.status(name)
+        if status in ("loaded", "cached"):
+            return
+        if status == "downloadable":
+            raise ApiError(
+                409,
+                "model_not_ready",
+                f"model {name!r} is not loaded or cached on this server: POST {PREFIX}/models/{name}/load first "
+                "(it downloads the weights once), then retry",
+            )
+        raise ApiError(409, "model_not_ready", f"model {name!r} cannot be used: its weights are not on this server ({scrub(reason)}); ask the operator")
+
+    def protect(self, image: str, options: ProtectOptions, label: str = "image") -> dict[str, Any]:
+        """Decode, check, protect and encode one photo; raises ApiError / DeepshieldError."""
+        model = self.resolve_model(options.model_type)
+        self.ensure_ready(model)
+        data = decode_image(image, self.settings, label)
+        params, attack = options.attack_params, options.attack()
+        result = self.engine.protect(
+            data,
+            model=model,
+            attack=attack,
+            epsilon=params.epsilon,
+            iterations=params.iterations,
+            step_size=params.step_size,
+            seed=params.seed,
+            targets=params.targets,
+            allow_download=False,
+        )
+        observability.record_attack(result.metrics["seconds"], model, attack, engine=self.engine)
+        file_bytes, metrics = _written(result, options.output_format)
+        metrics["input"] = label
+        deepfakes = (_png_b64(result.deepfake_original), _png_b64(result.deepfake_protected)) if options.return_deepfakes else (None, None)
+        return {
+            "protected_image": _b64(file_bytes),
+            "mime_type": MIME[options.output_format],
+            "deepfake_original": deepfakes[0],
+            "deepfake_protected": deepfakes[1],
+            "metrics": jsonable(metrics),
+        }
+
+    def process_batch_item(self, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """One batch image -> {"filename", "status": "ok", ...result} or {"status": "error", ...}.
+        Waits (up to BATCH_BUSY_WAIT) for a free slot instead of failing when the server is busy."""
+        filename = str(item.get("filename") or "image")
+        parsed = ProtectOptions.model_validate(options)
+        started = time.perf_counter()
+        deadline = time.monotonic() + BATCH_BUSY_WAIT
+        while True:
+            try:
+                result = self.protect(str(item.get("image", "")), parsed, filename)
+                return {"filename": filename, "status": "ok", **result, "processing_time": round(time.perf_counter() - started, 4)}
+            except ServerBusyError as error:
+                if time.monotonic() > deadline:
+                    return self._item_error(filename, from_deepshield(error))
+                time.sleep(1.0)
+            except ApiError as error:
+                return self._item_error(filename, error)
+            except DeepshieldError as error:
+                return self._item_error(filename, from_deepshield(error))
+
+    @staticmethod
+    def _item_error(filename: str, error: ApiError) -> dict[str, Any]:
+        return {"filename": filename, "status": "error", "error": error.kind, "message": error.message}
+
+
+# ------------------------------------------------------------------------------------ router
+
+_ERROR_TEXT = {
+    400: "The image is not valid base64 or not a decodable image.",
+    404: "Unknown model or task.",
+    409: "The model's weights are not on the server yet: POST /api/v1/models/{name}/load.",
+    413: "Request body, image file or image dimensions above the server's limits.",
+    422: "A parameter is missing or out of range.",
+    429: "Rate limited; see the Retry-After header.",
+    500: "Unexpected server error (logged server-side).",
+    503: "Server busy (see Retry-After) or weights unavailable.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes (500 always), all in the ErrorResponse shape."""
+    return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in sorted({*codes, 500})}
+
+
+def attack_methods() -> dict[str, Any]:
+    """The three attacks with their parameter ranges and defaults."""
+    low, high = attacks.EPSILON_RANGE
+    epsilon = {"min_exclusive": low, "max": high, "default": 0.05, "scale": "[-1, 1]: 0.05 = 6.4/255"}
+    iterations = {"min": 1, "max": attacks.MAX_ITERATIONS, "default": 10}
+    step_size = {"min_exclusive": 0.0, "max": STEP_SIZE_MAX, "default": 0.01}
+    return {
+        "default": "pgd",
+        "random_start_rule": RANDOM_START_RULE,
+        "methods": [
+            {
+                "name": "fgsm",
+                "description": "Fast gradient sign method: one step of size epsilon. Fast, but rarely disrupts on its own.",
+                "random_start": False,
+                "parameters": {"epsilon": epsilon, "iterations": {"fixed": 1}, "step_size": {"fixed": "epsilon"}},
+            },
+            {
+                "name": "ifgsm",
+                "description": "Iterative FGSM: `iterations` signed-gradient steps of `step_size`, each projected onto the epsilon ball.",
+                "random_start": False,
+                "parameters": {"epsilon": epsilon, "iterations": iterations, "step_size": step_size},
+            },
+            {
+                "name": "pgd",
+                "description": "Projected gradient descent: I-FGSM from a uniform random start in the epsilon ball (the default).",
+                "random_start": True,
+                "parameters": {"epsilon": epsilon, "iterations": iterations, "step_size": step_size},
+            },
+        ],
+    }
+
+
+def create_router(engine: Engine, settings: Settings) -> APIRouter:
+    """The REST API v1 routes, /health included, bound to `engine` and `settings`."""
+    service = ProtectService(engine, settings)
+    jobs = JobStore(service.process_batch_item, workers=engine.max_concurrent, max_pending=max(1, settings.max_queue_size))
+    limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, window=60.0)
+    router = APIRouter(route_class=make_route_class(settings, limiter))
+    started = time.time()
+
+    @router.post(f"{PREFIX}/protect/image", response_model=ProtectImageResponse, responses=errors(400, 404, 409, 413, 422, 429, 503), tags=["protect"], summary="Protect one photo")
+    async def protect_image(body: ProtectImageRequest) -> dict[str, Any]:
+        """Adds an adversarial perturbation so the chosen generator's deepfake of the photo fails."""
+        begin = time.perf_counter()
+        result = await run_in_threadpool(service.protect, body.image, body)
+        return {**result, "processing_time": round(time.perf_counter() - begin, 4)}
+
+    @router.post(f"{PREFIX}/protect/batch", response_model=BatchAccepted, status_code=202, responses=errors(404, 409, 413, 422, 429, 503), tags=["protect"], summary="Protect several photos")
+    async def protect_batch(body: ProtectBatchRequest) -> dict[str, Any]:
+        """Starts a background job and answers at once; poll the status URL for the results."""
+        if len(body.images) > settings.max_batch_size:
+            raise ApiError(422, "invalid_request", f"{len(body.images)} images in one batch; this server takes at most {settings.max_batch_size}")
+        model = service.resolve_model(body.model_type)
+        await run_in_threadpool(service.ensure_ready, model)
+        options = body.model_dump(exclude={"images"}) | {"model_type": model}
+        try:
+            task_id = jobs.submit([image.model_dump() for image in body.images], options)
+        except JobQueueFullError as error:
+            raise ApiError(503, "server_busy", str(error), {"Retry-After": str(BUSY_RETRY_AFTER * 6)}) from None
+        return {"task_id": task_id, "status": "queued", "total": len(body.images), "status_url": f"{PREFIX}/protect/status/{task_id}"}
+
+    @router.get(f"{PREFIX}/protect/status/{{task_id}}", responses=errors(404), tags=["protect"], summary="Batch job status and results")
+    async def protect_status(task_id: str) -> dict[str, Any]:
+        """state (queued, running, completed, failed = every image failed), progress, per-image results."""
+        try:
+            return jobs.status(task_id)
+        except UnknownTaskError as error:
+            raise ApiError(404, "unknown_task", str(error)) from None
+
+    @router.get(f"{PREFIX}/models", tags=["models"], summary="Every model and its status")
+    def list_models() -> list[dict[str, Any]]:
+        """As `python -m deepshield models --json`: status loaded / cached / downloadable / unavailable."""
+        return [{**row, "reason": scrub(row["reason"])} for row in engine.list_models()]
+
+    @router.post(f"{PREFIX}/models/{{name}}/load", responses=errors(404, 429, 503), tags=["models"], summary="Load a model (downloading its weights if needed)")
+    async def load_model(name: str) -> dict[str, Any]:
+        """The one place that may download weights; runs in a worker thread."""
+        engine.spec(name)
+        begin = time.perf_counter()
+        model = await run_in_threadpool(engine.load, name, allow_download=True)
+        return {
+            "name": name,
+            "status": "loaded",
+            "device": engine.device.type,
+            "weights_format": model.weights_format,
+            "weights_sha256": model.weights_sha256,
+            "num_parameters": model.num_parameters,
+            "seconds": round(time.perf_counter() - begin, 3),
+        }
+
+    @router.post(f"{PREFIX}/models/{{name}}/unload", responses=errors(404, 429), tags=["models"], summary="Free a model's memory")
+    def unload_model(name: str) -> dict[str, Any]:
+        engine.spec(name)
+        unloaded = engine.unload(name)
+        return {"name": name, "unloaded": unloaded, "status": engine.status(name)[0]}
+
+    @router.get(f"{PREFIX}/config/attack-methods", tags=["config"], summary="Attacks, parameter ranges and defaults")
+    async def config_attack_methods() -> dict[str, Any]:
+        return attack_methods()
+
+    def health() -> dict[str, Any]:
+        """Liveness and load: version, device, loaded models, queue, limits, uptime."""
+        return {
+            "status": "ok",
+            "version": deepshield.__version__,
+            "device": engine.device.type,
+            "default_model": settings.default_model,
+            "models_loaded": [name for name in engine.specs if engine.is_loaded(name)],
+            "queue": {
+                "depth": engine.queue_depth,
+                "running": engine.running,
+                "max_concurrent": engine.max_concurrent,
+                "max_queue": engine.max_queue,
+                "batch_jobs_waiting": jobs.pending,
+            },
+            "limits": settings.public(),
+            "uptime_seconds": round(time.time() - started, 1),
+        }
+
+    # sync: engine.is_loaded takes the engine lock, which a model load holds; keep it off the loop.
+    router.add_api_route(f"{PREFIX}/health", health, methods=["GET"], tags=["health"], summary="Health and load")
+    router.add_api_route("/health", health, methods=["GET"], tags=["health"], summary="Health and load (same as /api/v1/health)")
+
+    @router.api_route(f"{PREFIX}/{{path:path}}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown_endpoint(path: str, request: Request) -> JSONResponse:
+        """Anything else under /api/v1 gets the API's JSON error, not the UI's HTML 404."""
+        return error_response(404, "not_found", f"no endpoint {request.method} {PREFIX}/{path}; see /docs for the API")
+
+    return router

@@ -1,0 +1,155 @@
+"""Request and response bodies of the REST API (shown with their descriptions in /docs and /redoc)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deepshield.attacks import EPSILON_RANGE, MAX_ITERATIONS
+
+EPSILON_MIN, EPSILON_MAX = EPSILON_RANGE
+STEP_SIZE_MAX = 2 * EPSILON_MAX  # what deepshield.attacks accepts
+SEED_MAX = 2**31 - 1
+
+AttackMethod = Literal["fgsm", "ifgsm", "pgd"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+RANDOM_START_RULE = (
+    "PGD is I-FGSM from a random start, so for the iterative methods `random_start` picks the variant when "
+    "given: true runs pgd, false runs ifgsm, whatever `attack_method` says (the report's `attack` shows "
+    "what ran). Left out, pgd starts at random and ifgsm does not. fgsm has no random start: "
+    "fgsm with random_start=true is rejected (422)."
+)
+
+
+class AttackParams(BaseModel):
+    """Attack budget and schedule on the generators' [-1, 1] input scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(
+        0.05,
+        gt=EPSILON_MIN,
+        le=EPSILON_MAX,
+        description=f"L-inf budget on the [-1, 1] scale: 0.05 = 6.4/255 of the pixel range. Range ({EPSILON_MIN}, {EPSILON_MAX}].",
+    )
+    iterations: int = Field(
+        10, ge=1, le=MAX_ITERATIONS, description=f"Signed-gradient steps of ifgsm / pgd, 1..{MAX_ITERATIONS}; fgsm always takes one step."
+    )
+    step_size: float = Field(
+        0.01, gt=0, le=STEP_SIZE_MAX, description=f"Step size of ifgsm / pgd on the [-1, 1] scale, (0, {STEP_SIZE_MAX}]; fgsm steps by epsilon."
+    )
+    random_start: bool | None = Field(None, description=RANDOM_START_RULE)
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Seed of the random start / initial noise: the same seed gives the same result. Random (and reported) when left out."
+    )
+    targets: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Target labels of a conditional model (e.g. StarGAN's Black_Hair, Male); all labels, attacked jointly, when left out. Unconditional models take none.",
+    )
+
+
+class ProtectOptions(BaseModel):
+    """Everything but the image(s): which model, which attack, which output."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_type: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="A model name from GET /api/v1/models (e.g. cyclegan-vintage), or an architecture name "
+        "(stargan, cyclegan, ganimation, pix2pixhd) meaning the first model of that architecture in the "
+        "manifest. Left out: the server's default model (DEFAULT_MODEL).",
+    )
+    attack_method: AttackMethod = Field(
+        "pgd", description="fgsm (one step of size epsilon), ifgsm (iterative signed steps) or pgd (ifgsm from a random start)."
+    )
+    attack_params: AttackParams = Field(default_factory=AttackParams, description="Budget and schedule of the attack.")
+    output_format: OutputFormat = Field(
+        "png", description="File format of the protected image: png (default, lossless), jpeg (quality 95) or webp (lossless). Metrics are measured on this file."
+    )
+    return_deepfakes: bool = Field(
+        True, description="Also return what the model makes of the original and of the protected photo (PNG, base64) to see the disruption."
+    )
+
+    @field_validator("attack_method", mode="before")
+    @classmethod
+    def _normalise_attack(cls, value: Any) -> Any:
+        return value.lower().replace("-", "").replace("_", "") if isinstance(value, str) else value
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _normalise_format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.lower().lstrip(".")
+            return "jpeg" if value == "jpg" else value
+        return value
+
+    @model_validator(mode="after")
+    def _check_random_start(self) -> ProtectOptions:
+        if self.attack_method == "fgsm" and self.attack_params.random_start:
+            raise ValueError("fgsm has no random start: use attack_method pgd for a random start, or leave random_start out")
+        return self
+
+    def attack(self) -> str:
+        """The attack that runs, after the random_start rule."""
+        start = self.attack_params.random_start
+        if self.attack_method == "fgsm" or start is None:
+            return self.attack_method
+        return "pgd" if start else "ifgsm"
+
+
+class ProtectImageRequest(ProtectOptions):
+    """One photo to protect."""
+
+    image: str = Field(
+        ...,
+        min_length=1,
+        description="The photo as base64 (standard alphabet), optionally as a data URL `data:image/png;base64,...`. "
+        "PNG, JPEG, WebP, TIFF, BMP or GIF, at most MAX_IMAGE_SIZE_MB and MAX_IMAGE_DIMENSION pixels a side.",
+    )
+
+
+class BatchImage(BaseModel):
+    """One photo of a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field("image", max_length=255, description="A name to tell the results apart (reported back as `filename` and `metrics.input`).")
+    image: str = Field(..., min_length=1, description="The photo as base64 or a data URL, as in /api/v1/protect/image.")
+
+
+class ProtectBatchRequest(ProtectOptions):
+    """Several photos protected with the same options in a background job."""
+
+    images: list[BatchImage] = Field(
+        ..., min_length=1, description="The photos, at most MAX_BATCH_SIZE. A photo that cannot be decoded becomes an error entry; the others still run."
+    )
+
+
+class ProtectImageResponse(BaseModel):
+    protected_image: str = Field(..., description="The protected photo, base64 of a file in `output_format`.")
+    mime_type: str = Field(..., description="MIME type of `protected_image`.")
+    deepfake_original: str | None = Field(None, description="The model's output on the original photo (PNG, base64); null when return_deepfakes is false.")
+    deepfake_protected: str | None = Field(None, description="The model's output on the protected photo (PNG, base64); null when return_deepfakes is false.")
+    metrics: dict[str, Any] = Field(
+        ...,
+        description="The report, measured on the returned file: model, attack, epsilon, iterations, step_size, seed, seconds, "
+        "perturbation {linf, l2, linf_255, psnr, ssim}, disruption {mse, l1, disrupted, per_target}.",
+    )
+    processing_time: float = Field(..., description="Seconds from receiving the request to the response, waiting for a free slot included.")
+
+
+class BatchAccepted(BaseModel):
+    task_id: str = Field(..., description="Poll GET /api/v1/protect/status/{task_id} for progress and results.")
+    status: str = Field(..., description="`queued` at first; then running, completed or failed.")
+    total: int = Field(..., description="Number of photos in the job.")
+    status_url: str = Field(..., description="Where to poll.")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="Machine-readable kind: invalid_image, invalid_request, unknown_model, rate_limited, server_busy ...")
+    message: str = Field(..., description="What went wrong and what to do about it.")

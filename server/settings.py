@@ -1,0 +1,99 @@
+"""Server settings from environment variables (names of the original service README where they exist).
+
+Every variable is listed in README.md ("Server settings") and in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env(*names: str, default: str) -> str:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+def _int(*names: str, default: int, minimum: int = 0) -> int:
+    raw = _env(*names, default=str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{names[0]} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{names[0]} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(*names: str, default: float) -> float:
+    raw = _env(*names, default=str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{names[0]} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{names[0]} must be positive, got {value}")
+    return value
+
+
+def _list(*names: str, default: str) -> list[str]:
+    return [item.strip() for item in _env(*names, default=default).split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 7860
+    log_level: str = "INFO"
+    device: str = "auto"
+    default_model: str = "cyclegan-vintage"
+    preload_models: list[str] = field(default_factory=list)
+    max_concurrent: int = 1
+    max_queue_size: int = 16
+    rate_limit_per_minute: int = 60
+    allowed_origins: list[str] = field(default_factory=list)
+    max_image_size_mb: float = 10.0
+    max_image_dimension: int = 4096
+    max_batch_size: int = 16
+    share: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the environment; raises ValueError naming the variable when a value is malformed."""
+        return cls(
+            host=_env("HOST", default="0.0.0.0"),
+            port=_int("PORT", "GRADIO_SERVER_PORT", default=7860, minimum=1),
+            log_level=_env("LOG_LEVEL", default="INFO").upper(),
+            device=_env("DEEPSHIELD_DEVICE", "DEVICE", default="auto"),
+            default_model=_env("DEFAULT_MODEL", default="cyclegan-vintage"),
+            preload_models=_list("PRELOAD_MODELS", default=""),
+            max_concurrent=_int("DEEPSHIELD_MAX_CONCURRENT", "MAX_CONCURRENT", default=1, minimum=1),
+            max_queue_size=_int("MAX_QUEUE_SIZE", "DEEPSHIELD_MAX_QUEUE", default=16),
+            rate_limit_per_minute=_int("RATE_LIMIT_PER_MINUTE", default=60),
+            allowed_origins=_list("ALLOWED_ORIGINS", default=""),
+            max_image_size_mb=_float("MAX_IMAGE_SIZE_MB", default=10.0),
+            max_image_dimension=_int("MAX_IMAGE_DIMENSION", default=4096, minimum=1),
+            max_batch_size=_int("MAX_BATCH_SIZE", default=16, minimum=1),
+            share=_env("GRADIO_SHARE", default="0").lower() in _TRUE,
+        )
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_size_mb * 1024 * 1024)
+
+    def public(self) -> dict[str, Any]:
+        """What /health may show (no secrets live here, but keep the surface small)."""
+        return {
+            "max_concurrent": self.max_concurrent,
+            "max_queue_size": self.max_queue_size,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "max_image_size_mb": self.max_image_size_mb,
+            "max_image_dimension": self.max_image_dimension,
+            "max_batch_size": self.max_batch_size,
+        }
