@@ -23,7 +23,8 @@ class WeightsSource:
     """Where a model's weights come from. Exactly one of hub / package / local is set.
 
     hub: `repo_id`, `filename`, `revision` (and `sha256` where known);
-    package: a pip distribution `package` shipping the file at `path` (relative to site-packages);
+    package: a pip distribution `package` shipping the file at `package_path` (relative to
+    site-packages; `path` in the manifest);
     local: a file named `filename` that the user puts in `DEEPSHIELD_MODELS_DIR`.
     """
 
@@ -34,14 +35,14 @@ class WeightsSource:
     repo_id: str | None = None
     revision: str | None = None
     package: str | None = None
-    path: str | None = None
+    package_path: str | None = None
     instructions: str | None = None
 
     def describe(self) -> str:
         if self.kind == "hub":
             return f"hf://{self.repo_id}/{self.filename}@{self.revision}"
         if self.kind == "package":
-            return f"pip:{self.package}/{self.path}"
+            return f"pip:{self.package}/{self.package_path}"
         return f"local:{self.filename}"
 
 
@@ -93,7 +94,7 @@ def _parse_weights(raw: Mapping[str, Any], where: str) -> WeightsSource:
         )
     if kinds[0] == "package":
         path = str(_require(raw, "path", f"{where}.weights"))
-        return WeightsSource(kind="package", package=str(raw["package"]), path=path, filename=Path(path).name, **common)
+        return WeightsSource(kind="package", package=str(raw["package"]), package_path=path, filename=Path(path).name, **common)
     return WeightsSource(kind="local", filename=str(raw["local"]), **common)
 
 

@@ -73,7 +73,7 @@ def _package_file(spec: ModelSpec) -> Path | None:
         dist = importlib.metadata.distribution(source.package or "")
     except importlib.metadata.PackageNotFoundError:
         return None
-    path = Path(str(dist.locate_file(source.path or "")))
+    path = Path(str(dist.locate_file(source.package_path or "")))
     return path if path.is_file() else None
 
 

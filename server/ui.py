@@ -1,0 +1,653 @@
+"""The Gradio UI over the shared engine (tabs Protect, Batch, Models, About), and `serve`.
+
+The public Gradio API is exactly DESIGN.md s.3: `/protect`, `/protect_batch` and `/models`;
+every other event is private. No tensor code lives here: the engine returns PIL images,
+uint8 arrays and plain dicts, and the only arithmetic is numpy on 8-bit images.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from deepshield import imaging
+from deepshield.engine import DEFAULT_MODEL, Engine
+from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
+from server import uploads
+from server.settings import Settings
+
+log = logging.getLogger("deepshield.ui")
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_PHOTO = REPO / "examples" / "synthetic-portrait.png"
+EXAMPLE_MODEL = "cyclegan-vintage"
+
+ATTACK_CHOICES = [("FGSM", "fgsm"), ("I-FGSM", "ifgsm"), ("PGD", "pgd")]
+STRENGTHS = {"low": 0.02, "medium": 0.05, "high": 0.1}
+"""Strength presets: epsilon on the [-1, 1] scale (x 127.5 = levels out of 255)."""
+DEFAULT_STRENGTH = "medium"
+DEFAULT_ITERATIONS = 10
+DEFAULT_STEP_SIZE = 0.01
+RANDOM_SEED = -1  # the seed control's "draw one" value (a Number field cannot stay empty)
+BATCH_CHUNK = 4  # images attacked together in one batched forward pass
+PREVIEW_SIDE = 1600  # the amplified-perturbation view is shown at most this large
+
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+def _strength_label(name: str) -> str:
+    epsilon = STRENGTHS[name]
+    return f"{name} (ε {epsilon:g} ≈ {epsilon * 127.5:.1f}/255)"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn engine and upload errors into `gr.Error` with their actionable message; anything
+    unexpected is logged with its traceback and reported without one."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except DeepshieldError as error:
+        raise gr.Error(html.escape(str(error), quote=False), print_exception=False) from None
+    except Exception:
+        log.exception("unexpected error in a UI handler")
+        raise gr.Error("unexpected server error; the details are in the server log", print_exception=False) from None
+
+
+def _upload_root() -> Path:
+    """Where Gradio keeps uploads and its copies of outputs (GRADIO_TEMP_DIR or <tmp>/gradio).
+    Requests may only name files in there: with gr.mount_gradio_app (and for file payloads
+    without a `meta` field) Gradio itself does not enforce it."""
+    return Path(gr.utils.get_upload_folder())
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be a number, got {value!r}") from None
+
+
+def _integer(value: Any, name: str) -> int:
+    number = _number(value, name)
+    if not number.is_integer():
+        raise InvalidParameterError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _seed(value: Any) -> int | None:
+    """None (draw one) for an empty or negative seed."""
+    if value in (None, ""):
+        return None
+    seed = _integer(value, "seed")
+    return seed if seed >= 0 else None
+
+
+def _attack_options(model: Any, attack: Any, epsilon: Any, iterations: Any, step_size: Any, seed: Any, targets: Any) -> dict[str, Any]:
+    """Raw API values (the protect events skip Gradio's preprocessing) -> engine keywords.
+    Range checks are the engine's, so every entry point reports the same messages."""
+    if not model or not isinstance(model, str):
+        raise InvalidParameterError("choose a model")
+    if isinstance(targets, str):
+        targets = [targets]
+    return {
+        "model": model,
+        "attack": str(attack or "pgd"),
+        "epsilon": _number(epsilon, "epsilon"),
+        "iterations": None if iterations in (None, "") else _integer(iterations, "iterations"),
+        "step_size": None if step_size in (None, "") else _number(step_size, "step_size"),
+        "seed": _seed(seed),
+        "targets": [str(t) for t in targets] if targets else None,
+    }
+
+
+def perturbation_view(original: np.ndarray, protected: np.ndarray, max_side: int = PREVIEW_SIDE) -> np.ndarray:
+    """|protected - original| per channel, scaled so the largest change is full white."""
+    diff = np.abs(protected.astype(np.int16) - original.astype(np.int16))
+    peak = int(diff.max()) if diff.size else 0
+    view = (diff * (255.0 / max(peak, 1))).round().astype(np.uint8)
+    if max(view.shape[:2]) > max_side:
+        preview = Image.fromarray(view)
+        preview.thumbnail((max_side, max_side), Image.Resampling.BOX)
+        view = np.asarray(preview)
+    return view
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """The report as (metric, value) rows for the UI table."""
+    p, d = metrics.get("perturbation", {}), metrics.get("disruption", {})
+    return [
+        ["perturbation L2 (on [-1, 1])", _fmt(p.get("l2"))],
+        ["perturbation L-inf (on [-1, 1])", _fmt(p.get("linf"))],
+        ["perturbation L-inf (/255)", _fmt(p.get("linf_255"), 0)],
+        ["PSNR (dB)", _fmt(p.get("psnr"), 2)],
+        ["SSIM", _fmt(p.get("ssim"))],
+        ["disruption mse", _fmt(d.get("mse"))],
+        ["disruption l1", _fmt(d.get("l1"))],
+        ["disrupted (mse > 0.05)", _fmt(d.get("disrupted"))],
+        ["seconds", _fmt(metrics.get("seconds"), 2)],
+        ["model / attack", f"{metrics.get('model')} / {metrics.get('attack')}"],
+        ["epsilon (/255)", f"{_fmt(metrics.get('epsilon'))} ({_fmt(metrics.get('epsilon_255'), 1)})"],
+        ["iterations / step size", f"{metrics.get('iterations')} / {_fmt(metrics.get('step_size'))}"],
+        ["seed", _fmt(metrics.get("seed"))],
+    ]
+
+
+REPORT_COLUMNS = ["input", "output", "linf_255", "psnr", "ssim", "mse", "disrupted", "seconds"]
+
+
+def report_rows(report: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for item in report or []:
+        p, d = item.get("perturbation", {}), item.get("disruption", {})
+        rows.append([item.get("input"), item.get("output"), p.get("linf_255"), _fmt(p.get("psnr"), 2), _fmt(p.get("ssim")),
+                     _fmt(d.get("mse")), _fmt(d.get("disrupted")), _fmt(item.get("seconds"), 2)])
+    return rows
+
+
+MODEL_COLUMNS = ["model", "status", "image size", "labels", "device", "source", "why"]
+
+
+class OutputStore:
+    """Per-request folders for files handed to Gradio (which copies them into its own cache);
+    folders older than `max_age_s` are removed whenever a new one is made."""
+
+    def __init__(self, root: Path | None = None, max_age_s: float = 3600.0) -> None:
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="deepshield-ui-"))
+            atexit.register(shutil.rmtree, root, True)
+        self.root = root
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+
+    def new_dir(self) -> Path:
+        with self._lock:
+            cutoff = time.time() - self.max_age_s
+            for old in self.root.iterdir():
+                try:
+                    if old.stat().st_mtime < cutoff:
+                        shutil.rmtree(old, ignore_errors=True)
+                except OSError:
+                    pass
+            path = self.root / uuid.uuid4().hex
+            path.mkdir(parents=True)
+            return path
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+class Handlers:
+    """Event handlers bound to one engine; each returns plain values for Gradio components."""
+
+    def __init__(self, engine: Engine, settings: Settings, store: OutputStore | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.store = store or OutputStore()
+
+    # ------------------------------------------------------------ models
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        choices = []
+        for name, spec in self.engine.specs.items():
+            status, _ = self.engine.status(name)
+            note = "label maps only" if spec.preprocessing == "label_map" else status
+            choices.append((f"{name} ({note})", name))
+        return choices
+
+    def default_model(self) -> str:
+        names = list(self.engine.specs)
+        if self.settings.default_model in self.engine.specs:
+            return self.settings.default_model
+        return DEFAULT_MODEL if DEFAULT_MODEL in self.engine.specs else names[0]
+
+    def all_labels(self) -> list[str]:
+        labels: list[str] = []
+        for spec in self.engine.specs.values():
+            labels += [label for label in spec.labels if label not in labels]
+        return labels
+
+    def targets_update(self, model: str | None) -> dict[str, Any]:
+        """The target control for a model: StarGAN attributes, GANimation expressions, or hidden."""
+        spec = self.engine.specs.get(model or "")
+        if spec is None or not spec.conditional:
+            return gr.update(choices=[], value=[], visible=False)
+        if spec.architecture == "ganimation":
+            label, info = "Expressions to protect against", "GANimation action-unit presets; none ticked = all, attacked jointly"
+        else:
+            label, info = "Attributes to protect against", f"{spec.architecture} target attributes; none ticked = all, attacked jointly"
+        return gr.update(choices=spec.labels, value=[], visible=True, label=label, info=info)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every manifest model with its status, as `python -m deepshield models --json`."""
+        with _user_errors():
+            return self.engine.list_models()
+
+    def models_table(self, rows: list[dict[str, Any]] | None) -> list[list[Any]]:
+        table = []
+        for row in rows or []:
+            spec = self.engine.specs.get(row["name"])
+            source = spec.weights.describe() if spec else str(row.get("weights"))
+            device = self.engine.device.type if row["status"] == "loaded" else f"- (loads on {self.engine.device.type})"
+            table.append([row["name"], row["status"], row["image_size"], ", ".join(row["labels"]) or "-", device, source, row["reason"]])
+        return table
+
+    def refresh(self) -> tuple[Any, ...]:
+        """(model list JSON, table, protect / batch / models-tab dropdown choices)."""
+        rows = self.models()
+        choices = self.model_choices()
+        return rows, self.models_table(rows), gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
+
+    def render_models(self, rows: list[dict[str, Any]] | None) -> tuple[Any, ...]:
+        choices = self.model_choices()
+        return self.models_table(rows), gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
+
+    def load(self, name: str | None, progress: gr.Progress = gr.Progress()) -> str:
+        """Load a model (downloading its weights if needed): an explicit user action."""
+        with _user_errors():
+            if not name:
+                raise InvalidParameterError("choose a model to load")
+            progress(0.0, desc=f"loading {name} (downloading its weights if needed)")
+            started = time.perf_counter()
+            model = self.engine.load(name, allow_download=True)
+            return (
+                f"Loaded **{name}** on {self.engine.device.type} in {time.perf_counter() - started:.1f} s "
+                f"({model.num_parameters:,} parameters, weights {model.weights_path.name}, sha256 {model.weights_sha256[:12]}...)."
+            )
+
+    def unload(self, name: str | None) -> str:
+        with _user_errors():
+            if not name:
+                raise InvalidParameterError("choose a model to unload")
+            self.engine.spec(name)
+            if self.engine.unload(name):
+                return f"Unloaded **{name}**."
+            return f"**{name}** was not loaded."
+
+    def _require_local_weights(self, model: str) -> None:
+        """Requests never download: point the user at the Models tab instead."""
+        status, _ = self.engine.status(model)
+        if status == "downloadable":
+            source = self.engine.spec(model).weights.describe()
+            raise WeightsError(
+                f"model {model!r} is not on this server yet: load it in the Models tab first (downloads {source}), "
+                f"or run `python -m deepshield fetch {model}` on the server"
+            )
+
+    # ------------------------------------------------------------ protect
+
+    def protect(
+        self,
+        image: Any,
+        model: Any,
+        attack: Any,
+        epsilon: Any,
+        iterations: Any = DEFAULT_ITERATIONS,
+        step_size: Any = DEFAULT_STEP_SIZE,
+        seed: Any = None,
+        targets: Any = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[str, Image.Image, Image.Image, dict[str, Any]]:
+        """Protect one photo. Returns (protected PNG, deepfake of the original, deepfake of the
+        protected photo, report with `perturbation` and `disruption` measured on the PNG)."""
+        with _user_errors():
+            upload = uploads.from_payload(image, _upload_root())
+            uploads.check_image_file(upload, self.settings)
+            options = _attack_options(model, attack, epsilon, iterations, step_size, seed, targets)
+            self._require_local_weights(options["model"])
+            progress(0.0, desc=f"loading {options['model']}")
+
+            def on_step(step: int, total: int, _loss: Any) -> None:
+                progress((step, total), desc="attack", unit="steps")
+
+            result = self.engine.protect(str(upload.path), **options, on_step=on_step, allow_download=False)
+            output = self.store.new_dir() / f"{Path(upload.name).stem or 'photo'}.protected.png"
+            measured = result.save(output)
+            metrics = {**measured, "input": upload.name, "output": output.name}
+            return str(output), result.deepfake_original, result.deepfake_protected, metrics
+
+    def protect_details(self, original: str | None, protected: str | None, metrics: dict[str, Any] | None) -> tuple[Any, ...]:
+        """UI extras after /protect: amplified perturbation, metrics table, download, dropdowns."""
+        choices = self.model_choices()
+        updates = (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices))
+        if not (original and protected and metrics):
+            return (None, [], None, *updates)
+        with _user_errors():
+            original_path, protected_path = uploads.received(original, _upload_root()), uploads.received(protected, _upload_root())
+            view = perturbation_view(imaging.load_photo(original_path).rgb, imaging.load_photo(protected_path).rgb)
+            return (view, metrics_rows(metrics), str(protected_path), *updates)
+
+    def protect_batch(
+        self,
+        images: Any,
+        model: Any,
+        attack: Any,
+        epsilon: Any,
+        iterations: Any = DEFAULT_ITERATIONS,
+        step_size: Any = DEFAULT_STEP_SIZE,
+        seed: Any = None,
+        targets: Any = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]]]:
+        """Protect many photos (files and/or zips of images). Returns (gallery, zip of
+        `<stem>.png` files, per-image reports)."""
+        with _user_errors():
+            workdir = self.store.new_dir()
+            if isinstance(images, dict):
+                images = [images]
+            batch = uploads.collect_batch(images, workdir / "inputs", self.settings, root=_upload_root())
+            options = _attack_options(model, attack, epsilon, iterations, step_size, seed, targets)
+            self._require_local_weights(options["model"])
+            count, done = len(batch), 0
+
+            def on_step(step: int, total: int, _loss: Any) -> None:
+                chunk = min(BATCH_CHUNK, count - done)
+                progress((done + chunk * step / total) / count, desc=f"images {done + 1}-{done + chunk} of {count}: step {step}/{total}")
+
+            def on_images(finished: int, _total: int) -> None:
+                nonlocal done
+                done = finished
+
+            progress(0.0, desc=f"loading {options['model']}")
+            results = self.engine.protect_batch(
+                [str(u.path) for u in batch], **options, batch_size=BATCH_CHUNK,
+                on_step=on_step, progress=on_images, allow_download=False,
+            )
+            out_dir = workdir / "protected"
+            out_dir.mkdir()
+            gallery, report = [], []
+            for upload, name, result in zip(batch, uploads.output_names(u.name for u in batch), results):
+                path = out_dir / name
+                metrics = {**result.save(path), "input": upload.name, "output": name}
+                report.append(metrics)
+                verdict = "disrupted" if metrics["disruption"]["disrupted"] else "not disrupted"
+                gallery.append((str(path), f"{name}: mse {metrics['disruption']['mse']:.3f} ({verdict})"))
+            archive = workdir / "deepshield-protected.zip"
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as bundle:
+                for item in report:
+                    bundle.write(out_dir / item["output"], arcname=item["output"])
+            return gallery, str(archive), report
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+@dataclass
+class AttackControls:
+    """The model / target / attack / budget controls shared by the Protect and Batch tabs."""
+
+    model: gr.Dropdown
+    targets: gr.CheckboxGroup
+    attack: gr.Radio
+    strength: gr.Radio
+    epsilon: gr.Slider
+    iterations: gr.Slider
+    step_size: gr.Slider
+    random_start: gr.Checkbox
+    seed: gr.Number
+
+    def api_inputs(self) -> list[gr.components.Component]:
+        """In the fixed API order after the image(s): model, attack, epsilon, iterations,
+        step_size, then the extras seed and targets."""
+        return [self.model, self.attack, self.epsilon, self.iterations, self.step_size, self.seed, self.targets]
+
+
+def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
+    default_model = handlers.default_model()
+    model = gr.Dropdown(
+        handlers.model_choices(), value=default_model, label="Model", info="the generator to protect against (status in brackets)",
+        elem_id=f"{prefix}-model",
+    )
+    labels = handlers.all_labels()  # every label is a valid API value; the UI shows the model's own
+    targets = gr.CheckboxGroup(labels, value=[], label="Targets", visible=False, elem_id=f"{prefix}-targets")
+    attack = gr.Radio(ATTACK_CHOICES, value="pgd", label="Attack", info="PGD = I-FGSM from a random start", elem_id=f"{prefix}-attack")
+    strength = gr.Radio(
+        [(_strength_label(name), name) for name in STRENGTHS], value=DEFAULT_STRENGTH, label="Strength",
+        info="L-inf budget per pixel; higher is more robust and more visible", elem_id=f"{prefix}-strength",
+    )
+    with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
+        epsilon = gr.Slider(0.004, 0.5, value=STRENGTHS[DEFAULT_STRENGTH], step=0.001, label="Epsilon (on [-1, 1])",
+                            info="0.05 = 6.4/255 of the pixel range", elem_id=f"{prefix}-epsilon")
+        iterations = gr.Slider(1, 200, value=DEFAULT_ITERATIONS, step=1, label="Iterations", elem_id=f"{prefix}-iterations")
+        step_size = gr.Slider(0.001, 0.1, value=DEFAULT_STEP_SIZE, step=0.001, label="Step size (on [-1, 1])", elem_id=f"{prefix}-step-size")
+        random_start = gr.Checkbox(True, label="Random start (I-FGSM with a random start is PGD)", elem_id=f"{prefix}-random-start")
+        seed = gr.Number(RANDOM_SEED, precision=0, minimum=RANDOM_SEED, label="Seed", info=f"{RANDOM_SEED} = random (the seed used is reported)",
+                         elem_id=f"{prefix}-seed")
+    controls = AttackControls(model, targets, attack, strength, epsilon, iterations, step_size, random_start, seed)
+    _wire_attack_controls(handlers, controls)
+    return controls
+
+
+def _wire_attack_controls(handlers: Handlers, c: AttackControls) -> None:
+    """UI-only events keeping the controls consistent (all private: not part of the API)."""
+    private: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+    c.model.change(handlers.targets_update, inputs=c.model, outputs=c.targets, **private)
+    c.strength.input(lambda name: STRENGTHS.get(name, STRENGTHS[DEFAULT_STRENGTH]), inputs=c.strength, outputs=c.epsilon, **private)
+    c.epsilon.input(lambda eps: next((n for n, v in STRENGTHS.items() if abs(v - float(eps)) < 1e-9), None), inputs=c.epsilon, outputs=c.strength, **private)
+
+    def attack_changed(attack: str) -> tuple[Any, Any, Any]:
+        iterative = attack != "fgsm"
+        note = None if iterative else "FGSM takes one step of size epsilon"
+        return (
+            gr.update(value=attack == "pgd", interactive=iterative),
+            gr.update(interactive=iterative, info=note),
+            gr.update(interactive=iterative, info=note),
+        )
+
+    c.attack.change(attack_changed, inputs=c.attack, outputs=[c.random_start, c.iterations, c.step_size], **private)
+    c.random_start.input(lambda on, attack: "pgd" if on else ("ifgsm" if attack == "pgd" else attack), inputs=[c.random_start, c.attack], outputs=c.attack, **private)
+
+
+def _about_markdown() -> str:
+    return """
+## Calling deepshield from code
+
+The same engine serves this page, the REST API and the command line. With
+[`gradio_client`](https://www.gradio.app/guides/getting-started-with-the-python-client):
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")   # this server's address
+protected, fake_original, fake_protected, metrics = client.predict(
+    handle_file("me.jpg"), "cyclegan-vintage", "pgd", 0.05, 10, 0.01,   # image, model, attack, epsilon, iterations, step_size
+    -1, [],                                                             # seed (-1 = random), targets (conditional models; [] = all)
+    api_name="/protect",
+)
+print(metrics["perturbation"], metrics["disruption"])
+gallery, zip_path, report = client.predict(
+    [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
+    api_name="/protect_batch",
+)
+models = client.predict(api_name="/models")   # as `python -m deepshield models --json`
+```
+
+`epsilon` and `step_size` are on the [-1, 1] scale of the paper (0.05 = 6.4/255). `attack` is
+`fgsm`, `ifgsm` or `pgd` (PGD is I-FGSM from a random start). A model whose weights are not on
+the server yet must be loaded in the **Models** tab (or with `POST /api/v1/models/NAME/load`) first.
+
+**REST API** (JSON, base64 images; interactive docs at [/docs](/docs) and [/redoc](/redoc)):
+`POST /api/v1/protect/image`, `POST /api/v1/protect/batch`, `GET /api/v1/protect/status/{task_id}`,
+`GET /api/v1/models`, `POST /api/v1/models/{name}/load`, `POST /api/v1/models/{name}/unload`,
+`GET /api/v1/config/attack-methods`, `GET /api/v1/health`, `GET /health`, `GET /metrics` (Prometheus).
+
+**Command line:** `python -m deepshield protect me.jpg -o me.protected.png --model cyclegan-vintage --report report.json`.
+
+## What the protection does, and its limits
+
+deepshield implements FGSM, I-FGSM and PGD from *Disrupting Deepfakes* (Ruiz, Bargal, Sclaroff, 2020):
+a perturbation bounded in L-inf (at most epsilon per pixel) that pushes the generator's output on
+the protected photo away from its output on the original. A deepfake counts as disrupted when the
+mean squared difference of the two outputs exceeds 0.05 (on [-1, 1]).
+
+- **White box.** The perturbation is optimised against the model chosen here. How well it
+  transfers to other generators is not guaranteed.
+- **Not robust by construction.** JPEG recompression, resizing, cropping or filtering (for example
+  by a social network) can weaken or remove it. Share the lossless PNG as it is downloaded.
+- **Only the centred square the model sees is perturbed** (the model crops the largest centred
+  square and resizes it); the rest of a non-square photo is left unchanged.
+- Metrics (L2 / L-inf of the perturbation, PSNR, SSIM, disruption mse / l1) are measured on the
+  written PNG.
+
+Example photo: `examples/synthetic-portrait.png` (generated, not a real person).
+"""
+
+
+def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
+    """The deepshield UI on `engine`; queue limits from `settings`. Mount it with
+    `gr.mount_gradio_app(api, demo, path="/")`."""
+    handlers = Handlers(engine, settings)
+    engine_events: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": settings.max_concurrent}
+    private: dict[str, Any] = {"api_visibility": "private"}
+
+    with gr.Blocks(title="deepshield", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# deepshield\nAdd an imperceptible adversarial perturbation to a photo so that image-translation "
+            "deepfake generators (StarGAN, GANimation, CycleGAN) produce garbage instead of a convincing fake "
+            "(*Disrupting Deepfakes*, Ruiz et al. 2020)."
+        )
+        with gr.Tabs():
+            # -------------------------------------------------------------- Protect
+            with gr.Tab("Protect", id="protect"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        protect_controls = _attack_controls(handlers, "protect")
+                        protect_button = gr.Button("Protect", variant="primary", elem_id="protect-button")
+                    with gr.Column(scale=3):
+                        with gr.Row(equal_height=True):
+                            image_in = gr.Image(
+                                type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                                label="Original photo", elem_id="original-image",
+                            )
+                            protected_out = gr.Image(type="filepath", format="png", label="Protected (PNG, full resolution)",
+                                                     interactive=False, elem_id="protected-image")
+                        with gr.Row(equal_height=True):
+                            fake_original = gr.Image(type="pil", format="png", label="Deepfake of the original",
+                                                     interactive=False, elem_id="deepfake-original")
+                            fake_protected = gr.Image(type="pil", format="png", label="Deepfake of the protected photo",
+                                                      interactive=False, elem_id="deepfake-protected")
+                        with gr.Row():
+                            perturbation = gr.Image(type="numpy", format="png", label="Perturbation |protected - original|, amplified",
+                                                    interactive=False, elem_id="perturbation-image")
+                            with gr.Column():
+                                metrics_table = gr.Dataframe(headers=["metric", "value"], label="Metrics", interactive=False, wrap=True,
+                                                             max_height=720, column_widths=["55%", "45%"], elem_id="metrics-table")
+                                download = gr.File(label="Download the protected photo (lossless PNG)", interactive=False,
+                                                   elem_id="protected-download")
+                        with gr.Accordion("Full report (JSON)", open=False):
+                            metrics_json = gr.JSON(label="Report", elem_id="metrics-json")
+                if EXAMPLE_PHOTO.is_file() and EXAMPLE_MODEL in engine.specs:
+                    gr.Examples(
+                        examples=[[str(EXAMPLE_PHOTO), EXAMPLE_MODEL]],
+                        inputs=[image_in, protect_controls.model],
+                        label="Example (generated portrait, offline model)",
+                        cache_examples=False,
+                        elem_id="protect-examples",
+                    )
+
+            # -------------------------------------------------------------- Batch
+            with gr.Tab("Batch", id="batch"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        files_in = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                           label=f"Photos or a .zip of photos (up to {settings.max_batch_size})", elem_id="batch-files")
+                        batch_controls = _attack_controls(handlers, "batch")
+                        batch_button = gr.Button("Protect all", variant="primary", elem_id="batch-button")
+                    with gr.Column(scale=3):
+                        gallery = gr.Gallery(label="Protected photos", columns=4, format="png", elem_id="batch-gallery")
+                        batch_zip = gr.File(label="Protected photos (.zip of PNGs, original names)", interactive=False, elem_id="batch-zip")
+                        batch_table = gr.Dataframe(headers=REPORT_COLUMNS, label="Per-image report", interactive=False, elem_id="batch-table")
+                        with gr.Accordion("Full report (JSON)", open=False):
+                            batch_report = gr.JSON(label="Report", elem_id="batch-report")
+
+            # -------------------------------------------------------------- Models
+            with gr.Tab("Models", id="models"):
+                models_table = gr.Dataframe(headers=MODEL_COLUMNS, label="Models", interactive=False, wrap=True, max_height=720,
+                                            column_widths=["14%", "11%", "6%", "14%", "10%", "18%", "27%"], elem_id="models-table")
+                with gr.Row():
+                    models_choice = gr.Dropdown(handlers.model_choices(), value=handlers.default_model(), label="Model", scale=2)
+                    load_button = gr.Button("Load (may download)", scale=1)
+                    unload_button = gr.Button("Unload", scale=1)
+                    refresh_button = gr.Button("Refresh", scale=1)
+                models_status = gr.Markdown()
+                with gr.Accordion("Model list (JSON, as `models --json`)", open=False):
+                    models_json = gr.JSON(label="Models")
+
+            # -------------------------------------------------------------- About
+            with gr.Tab("About", id="about"):
+                gr.Markdown(_about_markdown())
+
+        dropdowns = [protect_controls.model, batch_controls.model, models_choice]
+
+        # Public API (DESIGN.md s.3): /protect, /protect_batch, /models. Raw inputs: the handlers
+        # validate them with the engine's own messages (a bad image is a gr.Error, not a traceback).
+        protect_button.click(
+            handlers.protect,
+            inputs=[image_in, *protect_controls.api_inputs()],
+            outputs=[protected_out, fake_original, fake_protected, metrics_json],
+            api_name="protect", preprocess=False, **engine_events,
+        ).success(
+            handlers.protect_details,
+            inputs=[image_in, protected_out, metrics_json],
+            outputs=[perturbation, metrics_table, download, *dropdowns], show_progress_on=perturbation, **private,
+        )
+        batch_button.click(
+            handlers.protect_batch,
+            inputs=[files_in, *batch_controls.api_inputs()],
+            outputs=[gallery, batch_zip, batch_report],
+            api_name="protect_batch", preprocess=False, **engine_events,
+        ).success(report_rows, inputs=batch_report, outputs=batch_table, **private)
+        refresh_button.click(handlers.models, outputs=models_json, api_name="models").success(
+            handlers.render_models, inputs=models_json, outputs=[models_table, *dropdowns], show_progress="hidden", **private
+        )
+
+        # UI-only: model management, and fresh statuses whenever the page opens
+        refresh_outputs = [models_json, models_table, *dropdowns]
+        quiet = {"show_progress": "hidden", **private}
+        load_button.click(handlers.load, inputs=models_choice, outputs=models_status, **private).then(
+            handlers.refresh, outputs=refresh_outputs, **quiet
+        )
+        unload_button.click(handlers.unload, inputs=models_choice, outputs=models_status, **private).then(
+            handlers.refresh, outputs=refresh_outputs, **quiet
+        )
+        demo.load(handlers.refresh, outputs=refresh_outputs, **quiet)
+
+    # Gradio copies a file named by an input payload into its cache only if it was uploaded, but
+    # it checks that only once the app has "launched", and gr.mount_gradio_app never sets the flag:
+    # without this, {"path": "/any/file", "meta": ...} would be copied in and processed. (Payloads
+    # without `meta` skip Gradio's check entirely; the handlers refuse those themselves.)
+    demo.has_launched = True
+    # Gradio refuses every event with max_size=0, so "no waiting line" keeps one place.
+    demo.queue(default_concurrency_limit=settings.max_concurrent, max_size=max(1, settings.max_queue_size))
+    return demo
+
+
+# ------------------------------------------------------------------------------ serving

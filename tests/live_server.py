@@ -1,0 +1,51 @@
+"""A real uvicorn server on a free loopback port, in a background thread, for end-to-end tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from deepshield.engine import Engine
+from server import ui
+from server.settings import Settings
+
+
+def build_app(engine: Engine, settings: Settings) -> FastAPI:
+    """The app as app.py builds it: `app.create_app` once the REST and observability modules
+    exist, otherwise a bare FastAPI app with the UI mounted at / the same way."""
+    if all(importlib.util.find_spec(f"server.{name}") for name in ("rest", "observability")):
+        import app
+
+        return app.create_app(settings, engine)
+    return gr.mount_gradio_app(FastAPI(title="deepshield"), ui.build_demo(engine, settings), path="/")
+
+
+@contextmanager
+def running(app: FastAPI, *, startup_timeout: float = 60.0) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1:<free port> while the block runs; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the test server on port {port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

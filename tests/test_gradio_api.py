@@ -1,0 +1,245 @@
+"""The Gradio API (DESIGN.md s.3) end to end: a real uvicorn server and the real gradio_client."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from safetensors.torch import save_file
+
+from deepshield.engine import Engine
+from deepshield.manifest import load_manifest
+from deepshield.models import get_architecture
+from server.settings import Settings
+from tests.conftest import REPO, TINY_PARAMS, make_spec
+from tests.live_server import build_app, running
+
+HAIR = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
+EPSILON = 0.05
+LEVELS = math.floor(EPSILON * 127.5)  # the written 8-bit budget: 6 levels out of 255
+ERROR_TIMEOUT_S = 30
+
+
+@dataclass
+class Served:
+    url: str
+    engine: Engine
+    client: Client
+
+
+def _save_tiny(directory: Path, name: str, architecture: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the module: the real manifest plus two tiny models, already in memory."""
+    root = tmp_path_factory.mktemp("gradio-api")
+    (root / "models").mkdir()
+    _save_tiny(root / "models", "tiny-cyclegan", "cyclegan", seed=0)
+    _save_tiny(root / "models", "tiny-stargan", "stargan", seed=1)
+    specs = {
+        **load_manifest(),
+        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
+        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
+    }
+    # max_queue=0: nothing waits inside the engine, so a held slot makes the next request "busy".
+    engine = Engine(specs, device="cpu", max_concurrent=1, max_queue=0)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEEPSHIELD_MODELS_DIR", str(root / "models"))
+        env.setenv("DEEPSHIELD_CACHE_DIR", str(root / "cache"))
+        engine.load("tiny-cyclegan")
+        engine.load("tiny-stargan")
+    settings = Settings(max_concurrent=1, max_queue_size=4, max_batch_size=8, log_level="WARNING")
+    with running(build_app(engine, settings)) as url:
+        client = Client(url, verbose=False, download_files=str(root / "downloads"), analytics_enabled=False)
+        yield Served(url, engine, client)
+
+
+def photo_file(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def rgb(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=int)
+
+
+def assert_report(metrics: dict, epsilon: float = EPSILON) -> None:
+    assert set(metrics["perturbation"]) >= {"linf", "l2", "linf_255", "psnr", "ssim"}
+    assert set(metrics["disruption"]) >= {"mse", "l1", "disrupted"}
+    assert 0 < metrics["perturbation"]["linf"] <= epsilon
+    assert metrics["perturbation"]["linf_255"] <= math.floor(epsilon * 127.5)
+
+
+def test_the_api_page_lists_exactly_the_three_endpoints_in_the_fixed_order(served):
+    info = served.client.view_api(print_info=False, return_format="dict")
+    endpoints = info["named_endpoints"]
+    assert set(endpoints) == {"/protect", "/protect_batch", "/models"}
+    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]][:6] == ["image", "model", "attack", "epsilon", "iterations", "step_size"]
+    assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]][:6] == ["images", "model", "attack", "epsilon", "iterations", "step_size"]
+    assert len(endpoints["/protect"]["returns"]) == 4 and len(endpoints["/protect_batch"]["returns"]) == 3
+    assert endpoints["/models"]["parameters"] == []
+
+
+def test_protect_returns_the_protected_png_both_deepfakes_and_the_report(served, tmp_path):
+    source = photo_file(tmp_path / "portrait.jpg", 50, 40)
+    protected, fake_original, fake_protected, metrics = served.client.predict(
+        handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 3, 0.01, 0, [], api_name="/protect"
+    )
+    assert Path(protected).name == "portrait.protected.png"
+    with Image.open(protected) as image:
+        assert image.format == "PNG" and image.size == (50, 40)
+    diff = np.abs(rgb(protected) - rgb(source))
+    assert 0 < diff.max() <= LEVELS
+    for fake in (fake_original, fake_protected):
+        with Image.open(fake) as image:
+            assert image.size == (32, 32)
+    assert not np.array_equal(rgb(fake_original), rgb(fake_protected))
+    assert_report(metrics)
+    assert metrics["perturbation"]["linf"] == pytest.approx(diff.max() / 127.5)
+    assert metrics["model"] == "tiny-cyclegan" and metrics["attack"] == "pgd" and metrics["seed"] == 0
+    assert metrics["input"] == "portrait.jpg" and metrics["iterations"] == 3
+
+
+def test_protect_defaults_and_targets_of_a_conditional_model(served, tmp_path):
+    source = photo_file(tmp_path / "face.png", 36, 36, seed=1)
+    # Only the six fixed inputs: seed and targets take their defaults (random, all targets).
+    *_, everything = served.client.predict(handle_file(str(source)), "tiny-stargan", "ifgsm", 0.03, 2, 0.01, api_name="/protect")
+    assert everything["targets"] == list(HAIR) and everything["attack"] == "ifgsm"
+    assert isinstance(everything["seed"], int) and everything["seed"] >= 0  # default -1: a fresh seed, reported
+    assert_report(everything, epsilon=0.03)
+    *_, one = served.client.predict(handle_file(str(source)), "tiny-stargan", "fgsm", EPSILON, 1, 0.01, 7, ["Male"], api_name="/protect")
+    assert one["targets"] == ["Male"] and list(one["disruption"]["per_target"]) == ["Male"]
+
+
+@pytest.mark.heavy
+def test_protect_with_the_real_offline_model(served):
+    photo = REPO / "examples" / "synthetic-portrait.png"
+    protected, fake_original, fake_protected, metrics = served.client.predict(
+        handle_file(str(photo)), "cyclegan-vintage", "pgd", EPSILON, 2, 0.01, 0, [], api_name="/protect"
+    )
+    assert rgb(protected).shape == rgb(photo).shape
+    assert np.abs(rgb(protected) - rgb(photo)).max() <= LEVELS
+    assert Image.open(fake_original).size == Image.open(fake_protected).size == (256, 256)
+    assert_report(metrics)
+    assert metrics["model"] == "cyclegan-vintage" and metrics["image_size"] == 256
+    assert metrics["disruption"]["mse"] > 0
+
+
+def test_protect_batch_keeps_names_and_never_trusts_zip_paths(served, tmp_path):
+    a = photo_file(tmp_path / "a.jpg", 40, 30, seed=1)
+    b = photo_file(tmp_path / "b.png", 33, 45, seed=2)
+    archive = tmp_path / "more.zip"
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 20, 3), 128, dtype=np.uint8)).save(buffer, format="PNG")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("holiday/c.png", buffer.getvalue())
+        bundle.writestr("../../evil.png", buffer.getvalue())  # zip-slip: must land as evil.png in the work folder
+        bundle.writestr("/abs/a.png", buffer.getvalue())  # absolute, and the stem of a.jpg again
+        bundle.writestr("notes.txt", b"not an image")
+        bundle.writestr("__MACOSX/holiday/._c.png", b"resource fork")
+    gallery, zip_path, report = served.client.predict(
+        [handle_file(str(a)), handle_file(str(b)), handle_file(str(archive))], "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, 0, [],
+        api_name="/protect_batch",
+    )
+    expected = ["a.png", "b.png", "c.png", "evil.png", "a-2.png"]
+    assert [item["input"] for item in report] == ["a.jpg", "b.png", "c.png", "evil.png", "a.png"]
+    assert [item["output"] for item in report] == expected
+    for item in report:
+        assert_report(item)
+    assert len(gallery) == 5 and all(Path(entry["image"]).is_file() for entry in gallery)
+    with zipfile.ZipFile(zip_path) as bundle:
+        assert bundle.namelist() == expected
+        sizes = [Image.open(io.BytesIO(bundle.read(name))).size for name in expected]
+        formats = {Image.open(io.BytesIO(bundle.read(name))).format for name in expected}
+    assert sizes == [(40, 30), (33, 45), (20, 20), (20, 20), (20, 20)] and formats == {"PNG"}
+
+
+def test_models_lists_the_manifest_with_statuses(served):
+    rows = served.client.predict(api_name="/models")
+    by_name = {row["name"]: row for row in rows}
+    assert set(by_name) == set(served.engine.specs)
+    for row in rows:
+        assert set(row) >= {"name", "architecture", "image_size", "labels", "weights", "status", "reason"}
+    assert by_name["tiny-cyclegan"]["status"] == "loaded"
+    assert by_name["tiny-stargan"]["labels"] == list(HAIR)
+    assert by_name["cyclegan-vintage"]["status"] in ("cached", "loaded")
+    assert by_name["stargan-celeba-128"]["status"] == "downloadable"
+    assert by_name["cyclegan-horse2zebra"]["status"] == "unavailable"
+
+
+def _error_of(served: Served, *args, api_name: str = "/protect") -> str:
+    started = time.monotonic()
+    with pytest.raises(AppError) as caught:
+        served.client.submit(*args, api_name=api_name).result(timeout=ERROR_TIMEOUT_S)
+    assert time.monotonic() - started < ERROR_TIMEOUT_S
+    message = str(caught.value)
+    assert "Traceback" not in message and "File \"" not in message
+    return message
+
+
+def test_bad_inputs_are_clear_errors_not_hangs(served, tmp_path):
+    garbage = tmp_path / "holiday.png"
+    garbage.write_bytes(b"this is not an image at all")
+    good = photo_file(tmp_path / "ok.png", 32, 32)
+    assert "holiday.png: not a recognised image format" in _error_of(served, handle_file(str(garbage)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01)
+    assert "unknown model 'nope'" in _error_of(served, handle_file(str(good)), "nope", "pgd", EPSILON, 2, 0.01)
+    assert "epsilon must be in" in _error_of(served, handle_file(str(good)), "tiny-cyclegan", "pgd", 0.9, 2, 0.01)
+    assert "no target 'Bald'" in _error_of(served, handle_file(str(good)), "tiny-stargan", "pgd", EPSILON, 2, 0.01, None, ["Bald"])
+    # Weights that would need a download: the request never downloads, it says where to load them.
+    assert "load it in the Models tab" in _error_of(served, handle_file(str(good)), "stargan-celeba-128", "pgd", EPSILON, 2, 0.01)
+    assert "holiday.png" in _error_of(served, [handle_file(str(good)), handle_file(str(garbage))], "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, api_name="/protect_batch")
+
+
+def test_a_full_engine_answers_busy_at_once(served, tmp_path):
+    good = photo_file(tmp_path / "ok.png", 32, 32)
+    with served.engine.admission():  # every slot taken and no waiting line (max_queue=0)
+        message = _error_of(served, handle_file(str(good)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01)
+    assert "the server is busy" in message and "retry" in message
+
+
+def test_progress_follows_the_attack_iterations(served, tmp_path):
+    source = photo_file(tmp_path / "big.png", 256, 256)
+    iterations = 120
+    job = served.client.submit(handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, iterations, 0.001, 0, [], api_name="/protect")
+    seen: list[tuple[int, int]] = []
+    while not job.done():
+        status = job.status()
+        for unit in status.progress_data or []:
+            if unit.unit == "steps" and unit.index is not None and (not seen or seen[-1] != (unit.index, unit.length)):
+                seen.append((unit.index, unit.length))
+        time.sleep(0.02)
+    job.result(timeout=60)
+    assert seen, "no progress update reached the client"
+    assert {length for _, length in seen} == {iterations}
+    steps = [index for index, _ in seen]
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= iterations
+
+
+def test_a_request_cannot_name_a_server_file_as_its_input(served):
+    """Gradio checks file inputs only when they carry `meta` and the app was launched, not
+    mounted: the handlers accept nothing outside Gradio's upload folder themselves."""
+    server_file = str(REPO / "examples" / "synthetic-portrait.png")
+    for payload in ({"path": server_file}, {"path": server_file, "meta": {"_type": "gradio.FileData"}}):
+        for api, value in (("protect", payload), ("protect_batch", [payload])):
+            started = httpx.post(f"{served.url}gradio_api/call/{api}", json={"data": [value, "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, []]}, timeout=30)
+            assert started.status_code == 200, started.text
+            events = httpx.get(f"{served.url}gradio_api/call/{api}/{started.json()['event_id']}", timeout=60).text
+            assert "event: error" in events and "event: complete" not in events, events[:500]
