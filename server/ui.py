@@ -29,7 +29,7 @@ from PIL import Image
 from deepshield import imaging
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
-from server import uploads
+from server import observability, uploads
 from server.settings import Settings
 
 log = logging.getLogger("deepshield.ui")
@@ -329,6 +329,7 @@ class Handlers:
                 progress((step, total), desc="attack", unit="steps")
 
             result = self.engine.protect(str(upload.path), **options, on_step=on_step, allow_download=False)
+            observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
             output = self.store.new_dir() / f"{Path(upload.name).stem or 'photo'}.protected.png"
             measured = result.save(output)
             metrics = {**measured, "input": upload.name, "output": output.name}
@@ -385,6 +386,7 @@ class Handlers:
             out_dir.mkdir()
             gallery, report = [], []
             for upload, name, result in zip(batch, uploads.output_names(u.name for u in batch), results):
+                observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
                 path = out_dir / name
                 metrics = {**result.save(path), "input": upload.name, "output": name}
                 report.append(metrics)

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+import app
 from deepshield.engine import Engine
-from server import ui
 from server.settings import Settings
 
 
 def build_app(engine: Engine, settings: Settings) -> FastAPI:
-    """The app as app.py builds it: `app.create_app` once the REST and observability modules
-    exist, otherwise a bare FastAPI app with the UI mounted at / the same way."""
-    if all(importlib.util.find_spec(f"server.{name}") for name in ("rest", "observability")):
-        import app
-
-        return app.create_app(settings, engine)
-    return gr.mount_gradio_app(FastAPI(title="deepshield"), ui.build_demo(engine, settings), path="/")
+    """The app exactly as `python app.py` builds it, over the given engine."""
+    return app.create_app(settings, engine)
 
 
 @contextmanager

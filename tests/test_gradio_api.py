@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ def test_protect_returns_the_protected_png_both_deepfakes_and_the_report(served,
     assert metrics["perturbation"]["linf"] == pytest.approx(diff.max() / 127.5)
     assert metrics["model"] == "tiny-cyclegan" and metrics["attack"] == "pgd" and metrics["seed"] == 0
     assert metrics["input"] == "portrait.jpg" and metrics["iterations"] == 3
+    with urllib.request.urlopen(served.url + "metrics", timeout=10) as response:  # UI attacks are measured too
+        assert 'deepshield_attack_seconds_count{attack="pgd",model="tiny-cyclegan"}' in response.read().decode()
 
 
 def test_protect_defaults_and_targets_of_a_conditional_model(served, tmp_path):
