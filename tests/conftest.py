@@ -8,8 +8,11 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from deepshield.manifest import ModelSpec, WeightsSource
+from deepshield.models import get_architecture
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -80,3 +83,16 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def faces() -> list[Path]:
     return sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+
+
+# Three StarGAN-style attribute targets for tiny conditional models.
+HAIR: dict[str, tuple[float, ...]] = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
+
+
+def save_tiny(directory: Path, name: str, architecture: str, seed: int) -> Path:
+    """Random tiny weights of `architecture` (TINY_PARAMS) saved as <directory>/<name>.safetensors."""
+    torch.manual_seed(seed)
+    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
+    path = directory / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path

@@ -26,7 +26,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tests.conftest import LAYOUTS, REPO, TINY_PARAMS, make_spec
 from deepshield.errors import WeightsError
 from deepshield.models import ARCHITECTURES, get_architecture
 from deepshield.models.layers import InputStatsInstanceNorm2d
@@ -41,6 +40,7 @@ from deepshield.weights import (
     read_checkpoint,
     sha256_of,
 )
+from tests.conftest import LAYOUTS, REPO, TINY_PARAMS, make_spec
 
 StateDict = dict[str, Tensor]
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
-from safetensors.torch import save_file
 
 from deepshield.errors import InvalidImageError
 from deepshield.imaging import load_photo
-from deepshield.models import get_architecture
-from tests.conftest import REPO, TINY_PARAMS
+from tests.conftest import REPO, TINY_PARAMS, save_tiny
 
 
 @pytest.fixture
@@ -29,9 +26,7 @@ def cli_env(tmp_path: Path, isolated_caches: Path) -> dict[str, str]:
     """Environment for a subprocess: a manifest with one tiny local model whose weights exist."""
     models = tmp_path / "models"
     models.mkdir()
-    torch.manual_seed(0)
-    module = get_architecture("cyclegan").build(**TINY_PARAMS["cyclegan"])
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(models / "tiny.safetensors"))
+    save_tiny(models, "tiny", "cyclegan", seed=0)
     manifest = {
         "models": {
             "tiny": {

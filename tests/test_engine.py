@@ -10,27 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from deepshield.engine import Engine
 from deepshield.errors import InvalidParameterError, UnknownModelError
-from deepshield.models import get_architecture
-from tests.conftest import TINY_PARAMS, make_spec
-
-HAIR = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
-
-
-def _save_tiny(directory: Path, name: str, architecture: str, seed: int) -> None:
-    torch.manual_seed(seed)
-    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
+from tests.conftest import HAIR, TINY_PARAMS, make_spec, save_tiny
 
 
 @pytest.fixture
 def engine(models_dir: Path) -> Engine:
-    _save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
-    _save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
-    _save_tiny(models_dir, "tiny-global", "pix2pixhd-global", seed=2)
+    save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
+    save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
+    save_tiny(models_dir, "tiny-global", "pix2pixhd-global", seed=2)
     specs = {
         "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
         "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),

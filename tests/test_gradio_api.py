@@ -14,20 +14,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from safetensors.torch import save_file
 
 from deepshield.engine import Engine
 from deepshield.manifest import load_manifest
-from deepshield.models import get_architecture
 from server.settings import Settings
-from tests.conftest import REPO, TINY_PARAMS, make_spec
+from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, save_tiny
 from tests.live_server import build_app, running
 
-HAIR = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
 EPSILON = 0.05
 LEVELS = math.floor(EPSILON * 127.5)  # the written 8-bit budget: 6 levels out of 255
 ERROR_TIMEOUT_S = 30
@@ -40,19 +36,14 @@ class Served:
     client: Client
 
 
-def _save_tiny(directory: Path, name: str, architecture: str, seed: int) -> None:
-    torch.manual_seed(seed)
-    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One server for the module: the real manifest plus two tiny models, already in memory."""
     root = tmp_path_factory.mktemp("gradio-api")
     (root / "models").mkdir()
-    _save_tiny(root / "models", "tiny-cyclegan", "cyclegan", seed=0)
-    _save_tiny(root / "models", "tiny-stargan", "stargan", seed=1)
+    save_tiny(root / "models", "tiny-cyclegan", "cyclegan", seed=0)
+    save_tiny(root / "models", "tiny-stargan", "stargan", seed=1)
     specs = {
         **load_manifest(),
         "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),

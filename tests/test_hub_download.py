@@ -22,15 +22,14 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from tests.conftest import REPO, TINY_PARAMS, make_spec
-from tests.hub_standin import HubStandIn, hub_fixture  # noqa: F401  (provides the `hub` fixture)
-
 from deepshield import weights
 from deepshield.engine import Engine
 from deepshield.errors import WeightsError
 from deepshield.manifest import ModelSpec
 from deepshield.models import get_architecture
 from deepshield.models.stargan import from_lornatang
+from tests.conftest import REPO, TINY_PARAMS, make_spec
+from tests.hub_standin import HubStandIn, hub_fixture  # noqa: F401  (provides the `hub` fixture)
 
 NAME = "stargan-tiny"
 REPO_ID = "test-org/StarGAN-tiny"

@@ -23,22 +23,18 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
-from safetensors.torch import save_file
 
 from deepshield import attacks
 from deepshield.engine import Engine
-from deepshield.models import get_architecture
 from server import observability, rest
 from server.jobs import JobStore, UnknownTaskError
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
-from tests.conftest import REPO, TINY_PARAMS, make_spec
+from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, save_tiny
 
-HAIR = {"Black_Hair": (1, 0, 0, 0, 0), "Blond_Hair": (0, 1, 0, 0, 0), "Male": (0, 0, 0, 1, 0)}
 FAST = {"attack_params": {"iterations": 2, "seed": 0}}  # keeps tiny-model attacks in milliseconds
 LEVELS = math.floor(0.05 * 127.5)  # the default budget in 8-bit levels
 
@@ -46,17 +42,12 @@ LEVELS = math.floor(0.05 * 127.5)  # the default budget in 8-bit levels
 # ------------------------------------------------------------------------------------ fixtures
 
 
-def _save_tiny(directory: Path, name: str, architecture: str, seed: int) -> None:
-    torch.manual_seed(seed)
-    module = get_architecture(architecture).build(**TINY_PARAMS[architecture])
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
-
 
 @pytest.fixture
 def make_engine(models_dir: Path) -> Callable[..., Engine]:
     """Engines over tiny models: two with weights, one local entry without, one Hub entry."""
-    _save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
-    _save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
+    save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
+    save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
     specs = {
         "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
         "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
