@@ -96,3 +96,14 @@ def save_tiny(directory: Path, name: str, architecture: str, seed: int) -> Path:
     path = directory / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
     return path
+
+
+def tiny_models(directory: Path) -> dict[str, ModelSpec]:
+    """Two tiny models with weights saved in `directory` (a models dir): an unconditional
+    CycleGAN `tiny-cyclegan` and a StarGAN `tiny-stargan` with the HAIR targets."""
+    save_tiny(directory, "tiny-cyclegan", "cyclegan", seed=0)
+    save_tiny(directory, "tiny-stargan", "stargan", seed=1)
+    return {
+        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
+        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
+    }

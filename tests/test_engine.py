@@ -13,17 +13,14 @@ from PIL import Image
 
 from deepshield.engine import Engine
 from deepshield.errors import InvalidParameterError, UnknownModelError
-from tests.conftest import HAIR, TINY_PARAMS, make_spec, save_tiny
+from tests.conftest import HAIR, TINY_PARAMS, make_spec, save_tiny, tiny_models
 
 
 @pytest.fixture
 def engine(models_dir: Path) -> Engine:
-    save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
-    save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
     save_tiny(models_dir, "tiny-global", "pix2pixhd-global", seed=2)
     specs = {
-        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
-        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
+        **tiny_models(models_dir),
         "tiny-global": make_spec("tiny-global", "pix2pixhd-global", TINY_PARAMS["pix2pixhd-global"], fmt="official", filename="tiny-global.safetensors"),
     }
     return Engine(specs, device="cpu")

@@ -21,7 +21,7 @@ from PIL import Image
 from deepshield.engine import Engine
 from deepshield.manifest import load_manifest
 from server.settings import Settings
-from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, save_tiny
+from tests.conftest import HAIR, REPO, tiny_models
 from tests.live_server import build_app, running
 
 EPSILON = 0.05
@@ -42,13 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One server for the module: the real manifest plus two tiny models, already in memory."""
     root = tmp_path_factory.mktemp("gradio-api")
     (root / "models").mkdir()
-    save_tiny(root / "models", "tiny-cyclegan", "cyclegan", seed=0)
-    save_tiny(root / "models", "tiny-stargan", "stargan", seed=1)
-    specs = {
-        **load_manifest(),
-        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
-        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
-    }
+    specs = {**load_manifest(), **tiny_models(root / "models")}
     # max_queue=0: nothing waits inside the engine, so a held slot makes the next request "busy".
     engine = Engine(specs, device="cpu", max_concurrent=1, max_queue=0)
     with pytest.MonkeyPatch.context() as env:

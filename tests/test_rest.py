@@ -33,7 +33,7 @@ from server import observability, rest
 from server.jobs import JobStore, UnknownTaskError
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
-from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, save_tiny
+from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, tiny_models
 
 FAST = {"attack_params": {"iterations": 2, "seed": 0}}  # keeps tiny-model attacks in milliseconds
 LEVELS = math.floor(0.05 * 127.5)  # the default budget in 8-bit levels
@@ -46,11 +46,8 @@ LEVELS = math.floor(0.05 * 127.5)  # the default budget in 8-bit levels
 @pytest.fixture
 def make_engine(models_dir: Path) -> Callable[..., Engine]:
     """Engines over tiny models: two with weights, one local entry without, one Hub entry."""
-    save_tiny(models_dir, "tiny-cyclegan", "cyclegan", seed=0)
-    save_tiny(models_dir, "tiny-stargan", "stargan", seed=1)
     specs = {
-        "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
-        "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
+        **tiny_models(models_dir),
         "tiny-missing": make_spec("tiny-missing", "cyclegan", TINY_PARAMS["cyclegan"], fmt="official", filename="not-here.pth"),
         "tiny-hub": make_spec(
             "tiny-hub", "stargan", TINY_PARAMS["stargan"], fmt="official", kind="hub", repo_id="test-org/absent", filename="g.pth", revision="main", targets=HAIR
