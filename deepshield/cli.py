@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--weights", help="use this checkpoint for the model (any supported layout)")
     protect.add_argument("--image-size", type=int, help="override the model resolution")
     protect.add_argument("--batch-size", type=int, default=4, help="images attacked together (default 4)")
+    protect.add_argument("--no-faces", dest="detect_faces", action="store_false",
+                         help="face models: protect the centred square instead of every detected face")
     protect.add_argument("--report", help="write a JSON list with one report per image")
     protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
     protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
@@ -99,6 +101,7 @@ def _protect(args: argparse.Namespace) -> None:
                 image_size=args.image_size,
                 weights=args.weights,
                 batch_size=args.batch_size,
+                detect_faces=args.detect_faces,
             )
             for offset, result in enumerate(results):
                 output = outputs[start + offset]

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepshield import attacks, imaging, metrics
+from deepshield import attacks, faces, imaging, metrics
+from deepshield.faces import FaceBox
 from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
 from deepshield.manifest import ModelSpec, load_manifest
 from deepshield.models import Generator
@@ -101,21 +102,43 @@ class ProtectionResult:
         return {**self.metrics, **self._remeasure(written), "output_format": fmt}
 
 
+Box = tuple[int, int, int]
+"""(top, left, side) of a square a model sees, in full-resolution pixels."""
+
+
 @dataclass
 class _Job:
+    """One photo of a request: the squares each model sees (one per face, or the centred square)
+    and the smallest region holding them all, which is what the attack perturbs."""
+
     photo: imaging.Photo
     original: Tensor  # [1, 3, H, W] in [-1, 1] on the device
-    box: tuple[int, int, int]  # (top, left, side) of the region the models see
+    boxes: list[list[Box]]  # per model
+    faces: list[FaceBox]
+
+    def __post_init__(self) -> None:
+        squares = [box for per_model in self.boxes for box in per_model]
+        self.top = min(t for t, _, _ in squares)
+        self.left = min(left for _, left, _ in squares)
+        self.bottom = max(t + side for t, _, side in squares)
+        self.right = max(left + side for _, left, side in squares)
+        mask = torch.zeros(1, 1, self.bottom - self.top, self.right - self.left, dtype=torch.bool, device=self.original.device)
+        for t, left, side in squares:
+            mask[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] = True
+        self.mask = mask  # True where some model looks: the only pixels that may change
 
     def region(self, x: Tensor | None = None) -> Tensor:
-        top, left, side = self.box
         x = self.original if x is None else x
-        return x[:, :, top : top + side, left : left + side]
+        return x[:, :, self.top : self.bottom, self.left : self.right]
+
+    def crops(self, index: int, region: Tensor) -> list[Tensor]:
+        """The squares model `index` sees, cut from a region tensor (gradients flow through)."""
+        return [region[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] for t, left, side in self.boxes[index]]
 
     def paste(self, region: Tensor) -> Tensor:
-        top, left, side = self.box
         full = self.original.clone()
-        full[:, :, top : top + side, left : left + side] = region
+        window = full[:, :, self.top : self.bottom, self.left : self.right]
+        window.copy_(torch.where(self.mask, region, window))
         return full
 
 
@@ -127,38 +150,50 @@ class _Ensemble:
     sizes: list[int]
     conditions: list[tuple[list[str], Tensor | None]]
 
-    def deepfakes(self, index: int, regions: list[Tensor]) -> Tensor:
-        """Outputs of model `index` for every (image, target) pair: [B * T, 3, s, s]."""
-        batch = torch.cat([imaging.center_crop_resize(r, self.sizes[index]) for r in regions])
+    def targets(self, index: int) -> int:
+        vectors = self.conditions[index][1]
+        return 1 if vectors is None else vectors.shape[0]
+
+    def deepfakes(self, index: int, jobs: list[_Job], regions: list[Tensor]) -> Tensor:
+        """Outputs of model `index` for every (image, face, target): [sum(F_i) * T, 3, s, s]."""
+        crops = [c for job, region in zip(jobs, regions) for c in job.crops(index, region)]
+        batch = torch.cat([imaging.center_crop_resize(c, self.sizes[index]) for c in crops])
         _, vectors = self.conditions[index]
         generator = self.models[index].generator
         if vectors is None:
             return generator(batch)
         count = vectors.shape[0]
-        return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(regions), 1))
+        return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(crops), 1))
 
-    def all_deepfakes(self, regions: list[Tensor]) -> list[Tensor]:
-        return [self.deepfakes(i, regions) for i in range(len(self.models))]
+    def all_deepfakes(self, jobs: list[_Job], regions: list[Tensor]) -> list[Tensor]:
+        return [self.deepfakes(i, jobs, regions) for i in range(len(self.models))]
 
-    def objective(self, references: list[Tensor]) -> attacks.Objective:
-        """Per-image distance [B] from the clean deepfakes, averaged over targets and models."""
+    def split(self, index: int, jobs: list[_Job], outputs: Tensor) -> list[Tensor]:
+        """Model `index`'s outputs (or per-output values) cut per job."""
+        counts = [len(job.boxes[index]) * self.targets(index) for job in jobs]
+        return list(outputs.split(counts))
+
+    def objective(self, jobs: list[_Job], references: list[Tensor]) -> attacks.Objective:
+        """Per-image distance [B] from the clean deepfakes, averaged over faces, targets, models."""
 
         def distance(regions: list[Tensor]) -> Tensor:
-            per_model = [
-                attacks.output_distance(fake, ref).view(len(regions), -1).mean(dim=1)
-                for fake, ref in zip(self.all_deepfakes(regions), references)
-            ]
+            per_model = []
+            for index, (fake, ref) in enumerate(zip(self.all_deepfakes(jobs, regions), references)):
+                per_output = attacks.output_distance(fake, ref)
+                per_model.append(torch.stack([d.mean() for d in self.split(index, jobs, per_output)]))
             return torch.stack(per_model).mean(dim=0)
 
         return distance
 
     def disruption(self, fakes: list[Tensor], references: list[Tensor]) -> dict[str, Any]:
-        """Disruption report of one image: fakes/references [T, 3, s, s] per model."""
+        """Disruption report of one image: fakes/references [F * T, 3, s, s] per model, ordered
+        face by face with the T targets of each face together."""
         reports = {}
-        for model, (labels, _), fake, clean in zip(self.models, self.conditions, fakes, references):
+        for index, (model, (labels, _), fake, clean) in enumerate(zip(self.models, self.conditions, fakes, references)):
             report = metrics.disruption_metrics(fake, clean)
+            count = self.targets(index)
             if labels:
-                report["per_target"] = {label: metrics.disruption_metrics(fake[t : t + 1], clean[t : t + 1]) for t, label in enumerate(labels)}
+                report["per_target"] = {label: metrics.disruption_metrics(fake[t::count], clean[t::count]) for t, label in enumerate(labels)}
             reports[model.spec.name] = report
         if len(reports) == 1:
             return next(iter(reports.values()))
@@ -351,6 +386,7 @@ class Engine:
         image_size: int | None = None,
         weights: str | os.PathLike[str] | None = None,
         batch_size: int = 8,
+        detect_faces: bool = True,
         allow_download: bool = True,
         on_step: attacks.StepCallback | None = None,
         progress: ProgressCallback | None = None,
@@ -361,6 +397,8 @@ class Engine:
         all, attacked jointly); `image_size` overrides the model resolution; `weights` is a
         checkpoint to use instead of the manifest's (single model only). Images are attacked
         `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
+        Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
+        is False; other models, and photos without a face, use the largest centred square.
         """
         config = attacks.preset(attack, epsilon=epsilon, iterations=iterations, step_size=step_size)
         names = [model] if isinstance(model, str) else list(model)
@@ -387,7 +425,7 @@ class Engine:
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
             with self.admission():
-                results += self._protect_chunk(chunk, ensemble, config, seed + start, on_step)
+                results += self._protect_chunk(chunk, ensemble, config, seed + start, on_step, detect_faces)
             if progress is not None:
                 progress(len(results), len(photos))
         return results
@@ -401,6 +439,25 @@ class Engine:
             )
         return size
 
+    def _jobs(self, photos: list[imaging.Photo], ensemble: _Ensemble, use_faces: bool) -> list[_Job]:
+        """Place every model's squares on every photo: one per detected face for face models
+        (manifest `face_crop`), else (or when no face is found) the largest centred square."""
+        jobs = []
+        for photo in photos:
+            original = imaging.to_tensor(photo.rgb).to(self.device)
+            height, width = original.shape[2], original.shape[3]
+            wants_faces = use_faces and any(m.spec.face_crop for m in ensemble.models)
+            found = faces.detect_faces(photo.rgb) if wants_faces else []
+            boxes = []
+            for model in ensemble.models:
+                crop = model.spec.face_crop
+                if use_faces and crop and found:
+                    boxes.append([faces.crop_box(f, width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0)) for f in found])
+                else:
+                    boxes.append([imaging.center_square(height, width)])
+            jobs.append(_Job(photo, original, boxes, found if wants_faces else []))
+        return jobs
+
     def _protect_chunk(
         self,
         photos: list[imaging.Photo],
@@ -408,16 +465,14 @@ class Engine:
         config: attacks.AttackConfig,
         seed: int,
         on_step: attacks.StepCallback | None,
+        use_faces: bool,
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
-        jobs = []
-        for photo in photos:
-            original = imaging.to_tensor(photo.rgb).to(self.device)
-            jobs.append(_Job(photo, original, imaging.center_square(original.shape[2], original.shape[3])))
+        jobs = self._jobs(photos, ensemble, use_faces)
         regions = [job.region() for job in jobs]
         with torch.no_grad():
-            references = ensemble.all_deepfakes(regions)
-        adversarial = attacks.linf_attack(ensemble.objective(references), regions, config, seed=seed, on_step=on_step)
+            references = ensemble.all_deepfakes(jobs, regions)
+        adversarial = attacks.linf_attack(ensemble.objective(jobs, references), regions, config, seed=seed, on_step=on_step)
         seconds = (time.perf_counter() - started) / len(jobs)
         header = {
             **ensemble.describe(),
@@ -431,12 +486,11 @@ class Engine:
             "device": self.device.type,
             "seconds": round(seconds, 4),
         }
+        per_job = list(zip(*[ensemble.split(i, jobs, ref) for i, ref in enumerate(references)]))
         results = []
-        for position, (job, region) in enumerate(zip(jobs, adversarial)):
-            counts = [1 if c[1] is None else c[1].shape[0] for c in ensemble.conditions]
-            own = [ref[position * n : (position + 1) * n] for ref, n in zip(references, counts)]
+        for job, region, own in zip(jobs, adversarial, per_job):
             protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
-            results.append(self._result(job, protected, ensemble, own, header))
+            results.append(self._result(job, protected, ensemble, list(own), header))
         return results
 
     def _result(self, job: _Job, protected: np.ndarray, ensemble: _Ensemble, references: list[Tensor], header: dict[str, Any]) -> ProtectionResult:
@@ -445,7 +499,7 @@ class Engine:
         def measure(rgb: np.ndarray) -> tuple[dict[str, Any], list[Tensor]]:
             with torch.no_grad():
                 region = job.region(imaging.to_tensor(rgb).to(self.device))
-                fakes = ensemble.all_deepfakes([region])
+                fakes = ensemble.all_deepfakes([job], [region])
             report = {
                 "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb),
                 "disruption": ensemble.disruption(fakes, references),
@@ -454,11 +508,18 @@ class Engine:
 
         measured, fakes = measure(protected)
         width, height = job.photo.size
+        face_models = any(m.spec.face_crop for m in ensemble.models)
+        crop = {
+            "faces": [{"box": f.as_list()} for f in job.faces],
+            "crop": "faces" if job.faces else "centre",
+        }
+        if face_models and not job.faces:
+            crop["note"] = "no face found: the largest centred square was protected"
         return ProtectionResult(
             protected=_pil(protected, job.photo.alpha),
             deepfake_original=Image.fromarray(imaging.to_uint8(references[0][0])),
             deepfake_protected=Image.fromarray(imaging.to_uint8(fakes[0][0])),
-            metrics={"input": job.photo.name, **header, "width": width, "height": height, **measured},
+            metrics={"input": job.photo.name, **header, "width": width, "height": height, **crop, **measured},
             original_rgb=job.photo.rgb,
             protected_rgb=protected,
             alpha=job.photo.alpha,

@@ -59,6 +59,9 @@ class ModelSpec:
     license: str
     description: str
     targets: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    face_crop: Mapping[str, float] | None = None
+    """For face models: square crop around each detected face, side = face * (1 + 2 * margin),
+    centre moved by shift_y * face height (the framing of the model's training data)."""
 
     @property
     def labels(self) -> list[str]:
@@ -117,6 +120,11 @@ def _parse_model(name: str, raw: Mapping[str, Any]) -> ModelSpec:
     widths = {len(v) for v in targets.values()}
     if len(widths) > 1:
         raise ManifestError(f"{where}: all target vectors must have the same length")
+    face_crop = raw.get("face_crop")
+    if face_crop is not None:
+        if not isinstance(face_crop, Mapping) or set(face_crop) - {"margin", "shift_y"} or "margin" not in face_crop:
+            raise ManifestError(f"{where}: face_crop takes margin (required) and shift_y")
+        face_crop = MappingProxyType({k: float(v) for k, v in face_crop.items()})
     return ModelSpec(
         name=name,
         architecture=arch_name,
@@ -127,6 +135,7 @@ def _parse_model(name: str, raw: Mapping[str, Any]) -> ModelSpec:
         license=str(raw.get("license", "unknown")),
         description=str(raw.get("description", "")),
         targets=MappingProxyType(targets),
+        face_crop=face_crop,
     )
 
 

@@ -45,6 +45,7 @@ def make_spec(
     fmt: str,
     image_size: int = 32,
     targets: dict[str, tuple[float, ...]] | None = None,
+    face_crop: dict[str, float] | None = None,
     **source: Any,
 ) -> ModelSpec:
     """A manifest entry built in code. `source`: kind="local"|"hub"|"package" and its fields."""
@@ -60,6 +61,7 @@ def make_spec(
         license="test",
         description="tiny test model",
         targets=MappingProxyType(dict(targets or {})),
+        face_crop=MappingProxyType(face_crop) if face_crop else None,
     )
 
 

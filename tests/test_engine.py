@@ -174,3 +174,39 @@ def test_admission_refuses_when_the_line_is_full(engine):
     first.join(10)
     waiter.join(30)
     assert busy.queue_depth == 0 and busy.running == 0
+
+
+def test_every_face_is_protected_and_nothing_outside_the_face_squares(models_dir):
+    from tests.conftest import FACES
+
+    specs = tiny_models(models_dir)
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.32, "shift_y": -0.14})
+    engine = Engine({**specs, "tiny-face": face_model}, device="cpu")
+    source = FACES / "face_008.jpg"  # two people
+    result = engine.protect(source, model="tiny-face", iterations=2, seed=0, targets=["Male"])
+    boxes = [face["box"] for face in result.metrics["faces"]]
+    assert len(boxes) == 2 and result.metrics["crop"] == "faces"
+    original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
+    changed = np.abs(np.asarray(result.protected, dtype=int) - original).max(axis=2) > 0
+    height, width = changed.shape
+    allowed = np.zeros_like(changed)
+    from deepshield.faces import FaceBox, crop_box
+
+    for x0, y0, x1, y1 in boxes:
+        top, left, side = crop_box(FaceBox(x0, y0, x1, y1, 0.0), width, height, margin=0.32, shift_y=-0.14)
+        allowed[top : top + side, left : left + side] = True
+        assert changed[y0:y1, x0:x1].mean() > 0.5, "a face was left unprotected"
+    assert not changed[~allowed].any()
+    assert result.metrics["disruption"]["per_target"].keys() == {"Male"}
+
+
+def test_a_photo_without_a_face_falls_back_to_the_centred_square_and_says_so(models_dir):
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.32})
+    engine = Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu")
+    result = engine.protect(photo(64, 48), model="tiny-face", iterations=1, seed=0)
+    assert result.metrics["faces"] == [] and result.metrics["crop"] == "centre"
+    assert "no face found" in result.metrics["note"]
+    diff = np.abs(np.asarray(result.protected, dtype=int) - result.original_rgb.astype(int)).max(axis=2)
+    assert diff[:, :8].max() == 0 and diff[:, 56:].max() == 0 and diff[:, 8:56].max() > 0
