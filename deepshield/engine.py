@@ -115,6 +115,11 @@ class _Job:
     original: Tensor  # [1, 3, H, W] in [-1, 1] on the device
     boxes: list[list[Box]]  # per model
     faces: list[FaceBox]
+    top: int = field(init=False)  # the perturbed region: rows top:bottom, columns left:right
+    left: int = field(init=False)
+    bottom: int = field(init=False)
+    right: int = field(init=False)
+    mask: Tensor = field(init=False, repr=False)  # [1, 1, h, w] True where some model looks
 
     def __post_init__(self) -> None:
         squares = [box for per_model in self.boxes for box in per_model]
@@ -125,7 +130,7 @@ class _Job:
         mask = torch.zeros(1, 1, self.bottom - self.top, self.right - self.left, dtype=torch.bool, device=self.original.device)
         for t, left, side in squares:
             mask[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] = True
-        self.mask = mask  # True where some model looks: the only pixels that may change
+        self.mask = mask
 
     def region(self, x: Tensor | None = None) -> Tensor:
         x = self.original if x is None else x
