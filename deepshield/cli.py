@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--weights", help="use this checkpoint for the model (any supported layout)")
     protect.add_argument("--image-size", type=int, help="override the model resolution")
     protect.add_argument("--batch-size", type=int, default=4, help="images attacked together (default 4)")
+    protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum"],
+                         help="optimise over random JPEG/resize/blur/shift (eot, the default) or cycled blurs (spread-spectrum)")
+    protect.add_argument("--check-robustness", action="store_true",
+                         help="report the disruption after real JPEG 90/75/50, resize, blur and a shifted crop")
     protect.add_argument("--no-faces", dest="detect_faces", action="store_false",
                          help="face models: protect the centred square instead of every detected face")
     protect.add_argument("--report", help="write a JSON list with one report per image")
@@ -102,6 +106,8 @@ def _protect(args: argparse.Namespace) -> None:
                 weights=args.weights,
                 batch_size=args.batch_size,
                 detect_faces=args.detect_faces,
+                robust=args.robust,
+                check_robustness=args.check_robustness,
             )
             for offset, result in enumerate(results):
                 output = outputs[start + offset]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepshield import attacks, faces, imaging, metrics
+from deepshield import attacks, faces, imaging, metrics, robustness, transforms
 from deepshield.faces import FaceBox
 from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
 from deepshield.manifest import ModelSpec, load_manifest
@@ -29,6 +29,7 @@ ProgressCallback = Callable[[int, int], None]
 """(images done, images total)"""
 
 DEFAULT_MODEL = "cyclegan-vintage"
+ROBUST_MODES = (None, "eot", "spread-spectrum")
 MAX_IMAGE_SIZE = 2048
 
 
@@ -392,6 +393,8 @@ class Engine:
         weights: str | os.PathLike[str] | None = None,
         batch_size: int = 8,
         detect_faces: bool = True,
+        robust: str | None = None,
+        check_robustness: bool = False,
         allow_download: bool = True,
         on_step: attacks.StepCallback | None = None,
         progress: ProgressCallback | None = None,
@@ -404,6 +407,10 @@ class Engine:
         `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
         is False; other models, and photos without a face, use the largest centred square.
+        `robust`: "eot" optimises the loss over random differentiable JPEG / resize / blur /
+        shift transformations, "spread-spectrum" cycles blurs (the paper's variant against
+        blur); `check_robustness` adds `robustness` to the report: the disruption after real
+        JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop.
         """
         config = attacks.preset(attack, epsilon=epsilon, iterations=iterations, step_size=step_size)
         names = [model] if isinstance(model, str) else list(model)
@@ -420,6 +427,8 @@ class Engine:
                     f"model {spec.name!r} translates semantic label maps ({spec.params.get('input_nc')} channels), "
                     "not photos, so there is nothing in a photo to protect against it; pick a photo model"
                 )
+        if robust not in ROBUST_MODES:
+            raise InvalidParameterError(f"robust must be one of {', '.join(m for m in ROBUST_MODES if m)} (or off), got {robust!r}")
         if targets and len(names) > 1:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
         seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
@@ -430,7 +439,9 @@ class Engine:
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
             with self.admission():
-                results += self._protect_chunk(chunk, ensemble, config, seed + start, on_step, detect_faces)
+                results += self._protect_chunk(
+                    chunk, ensemble, config, seed + start, on_step, detect_faces=detect_faces, robust=robust, check_robustness=check_robustness
+                )
             if progress is not None:
                 progress(len(results), len(photos))
         return results
@@ -470,14 +481,22 @@ class Engine:
         config: attacks.AttackConfig,
         seed: int,
         on_step: attacks.StepCallback | None,
-        use_faces: bool,
+        *,
+        detect_faces: bool,
+        robust: str | None,
+        check_robustness: bool,
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
-        jobs = self._jobs(photos, ensemble, use_faces)
+        jobs = self._jobs(photos, ensemble, detect_faces)
         regions = [job.region() for job in jobs]
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
-        adversarial = attacks.linf_attack(ensemble.objective(jobs, references), regions, config, seed=seed, on_step=on_step)
+        objective = ensemble.objective(jobs, references)
+        if robust == "eot":
+            objective = transforms.eot_objective(objective, transforms.default_eot(), seed=seed)
+        elif robust == "spread-spectrum":
+            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seed)
+        adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)
         seconds = (time.perf_counter() - started) / len(jobs)
         header = {
             **ensemble.describe(),
@@ -487,6 +506,7 @@ class Engine:
             "iterations": config.iterations,
             "step_size": config.step_size,
             "random_start": config.random_start,
+            "robust": robust or False,
             "seed": seed,
             "device": self.device.type,
             "seconds": round(seconds, 4),
@@ -495,8 +515,28 @@ class Engine:
         results = []
         for job, region, own in zip(jobs, adversarial, per_job):
             protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
-            results.append(self._result(job, protected, ensemble, list(own), header))
+            result = self._result(job, protected, ensemble, list(own), header)
+            if check_robustness:
+                result.metrics["robustness"] = self._robustness(job, protected, ensemble)
+            results.append(result)
         return results
+
+    def _robustness(self, job: _Job, protected: np.ndarray, ensemble: _Ensemble) -> dict[str, dict[str, Any]]:
+        """The first model's disruption after each real transformation, averaged over its
+        squares (faces); see `deepshield.robustness`."""
+        model = ensemble.models[0]
+        deepfake = robustness.generator_deepfake(model.generator, ensemble.sizes[0], ensemble.conditions[0][1])
+        reports = [robustness.robustness_report(job.photo.rgb, protected, box, deepfake) for box in job.boxes[0]]
+        merged = {}
+        for key in robustness.ROBUSTNESS_KEYS:
+            mse = float(np.mean([r[key]["mse"] for r in reports]))
+            merged[key] = {
+                "mse": mse,
+                "l1": float(np.mean([r[key]["l1"] for r in reports])),
+                "disrupted": mse > metrics.DISRUPTION_THRESHOLD,
+                "mse_vs_clean": float(np.mean([r[key]["mse_vs_clean"] for r in reports])),
+            }
+        return merged
 
     def _result(self, job: _Job, protected: np.ndarray, ensemble: _Ensemble, references: list[Tensor], header: dict[str, Any]) -> ProtectionResult:
         """Measure an 8-bit protected image against the original and its clean deepfakes."""

@@ -168,3 +168,14 @@ def test_cli_bad_input_exits_non_zero_with_one_line(cli_env, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_robust_attack_and_robustness_report_from_the_cli(cli_env, tmp_path):
+    source = write_photo(tmp_path / "in.png", 40, 40, seed=4)
+    proc = run(cli_env, "protect", str(source), "-o", str(tmp_path / "out.png"), "--model", "tiny", "--iterations", "2",
+               "--robust", "--check-robustness", "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    assert report["robust"] == "eot"
+    assert set(report["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
+    assert report["faces"] == [] and report["crop"] == "centre"

@@ -210,3 +210,26 @@ def test_a_photo_without_a_face_falls_back_to_the_centred_square_and_says_so(mod
     assert "no face found" in result.metrics["note"]
     diff = np.abs(np.asarray(result.protected, dtype=int) - result.original_rgb.astype(int)).max(axis=2)
     assert diff[:, :8].max() == 0 and diff[:, 56:].max() == 0 and diff[:, 8:56].max() > 0
+
+
+@pytest.mark.parametrize("robust", ["eot", "spread-spectrum"])
+def test_robust_modes_keep_the_budget_and_are_reported(engine, robust):
+    image = photo(48, 40, seed=6)
+    result = engine.protect(image, model="tiny-cyclegan", iterations=3, seed=0, robust=robust)
+    assert result.metrics["robust"] == robust
+    diff = np.abs(np.asarray(result.protected, dtype=int) - np.asarray(image, dtype=int))
+    assert diff.max() <= math.floor(0.05 * 127.5)
+    plain = engine.protect(image, model="tiny-cyclegan", iterations=3, seed=0)
+    assert not np.array_equal(plain.protected_rgb, result.protected_rgb)  # the transforms changed the optimisation
+    with pytest.raises(InvalidParameterError, match="robust"):
+        engine.protect(image, model="tiny-cyclegan", robust="magic")
+
+
+def test_robustness_report_has_every_transformation(engine):
+    result = engine.protect(photo(64, 64, seed=2), model="tiny-stargan", iterations=2, seed=0, check_robustness=True)
+    report = result.metrics["robustness"]
+    assert set(report) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
+    for entry in report.values():
+        assert math.isfinite(entry["mse"]) and entry["mse"] >= 0
+        assert entry["disrupted"] == (entry["mse"] > 0.05)
+    assert "robustness" not in engine.protect(photo(64, 64), model="tiny-stargan", iterations=1, seed=0).metrics
