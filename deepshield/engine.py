@@ -91,16 +91,21 @@ class ProtectionResult:
     alpha: np.ndarray | None = field(repr=False)
     _remeasure: Callable[[np.ndarray], dict[str, Any]] = field(repr=False)
 
+    def encode(self, fmt: str = "PNG") -> tuple[bytes, dict[str, Any]]:
+        """The protected photo as a file in `fmt` (PNG, JPEG, WEBP, TIFF, BMP) and the metrics
+        measured on exactly those bytes."""
+        data = imaging.encode(self.protected_rgb, self.alpha, fmt)
+        written = imaging.decode_rgb(data)
+        if np.array_equal(written, self.protected_rgb):
+            return data, {**self.metrics, "output_format": fmt}
+        return data, {**self.metrics, **self._remeasure(written), "output_format": fmt}
+
     def save(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Write the protected photo (format from the suffix, PNG by default); return the metrics
         measured on the file actually written."""
-        fmt = imaging.output_format(path)
-        data = imaging.encode(self.protected_rgb, self.alpha, fmt)
-        written = imaging.decode_rgb(data)
+        data, measured = self.encode(imaging.output_format(path))
         imaging.write_atomic(path, data)
-        if np.array_equal(written, self.protected_rgb):
-            return {**self.metrics, "output_format": fmt}
-        return {**self.metrics, **self._remeasure(written), "output_format": fmt}
+        return measured
 
 
 Box = tuple[int, int, int]

@@ -23,11 +23,9 @@ import io
 import logging
 import math
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +39,7 @@ from starlette.responses import Response
 
 import deepshield
 from deepshield import attacks
-from deepshield.engine import Engine, ProtectionResult
+from deepshield.engine import Engine
 from deepshield.errors import (
     DeepshieldError,
     InvalidImageError,
@@ -74,7 +72,7 @@ BASE64_WRAP = 1.02  # tolerate line-wrapped base64 (76 chars + newline)
 BUSY_RETRY_AFTER = 5  # seconds a client should wait after a 503 busy
 BATCH_BUSY_WAIT = 300.0  # a batch item waits this long for a free slot before failing
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-SUFFIX = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -285,14 +283,6 @@ def _png_b64(image: Image.Image) -> str:
     return _b64(buffer.getvalue())
 
 
-def _written(result: ProtectionResult, fmt: str) -> tuple[bytes, dict[str, Any]]:
-    """The file in `fmt` and the metrics measured on it (`ProtectionResult.save` semantics)."""
-    with tempfile.TemporaryDirectory(prefix="deepshield-") as directory:
-        path = Path(directory) / f"protected{SUFFIX[fmt]}"
-        metrics = result.save(path)
-        return path.read_bytes(), metrics
-
-
 def jsonable(value: Any) -> Any:
     """Plain JSON values: numpy scalars unwrapped, NaN / infinity as null."""
     if isinstance(value, Mapping):
@@ -371,7 +361,7 @@ class ProtectService:
             allow_download=False,
         )
         observability.record_attack(result.metrics["seconds"], model, attack, engine=self.engine)
-        file_bytes, metrics = _written(result, options.output_format)
+        file_bytes, metrics = result.encode(FORMATS[options.output_format])
         metrics["input"] = label
         deepfakes = (_png_b64(result.deepfake_original), _png_b64(result.deepfake_protected)) if options.return_deepfakes else (None, None)
         return {
