@@ -86,19 +86,23 @@ class ProtectionResult:
     deepfake_original: Image.Image
     deepfake_protected: Image.Image
     metrics: dict[str, Any]
-    original_rgb: np.ndarray = field(repr=False)
+    original: imaging.Photo = field(repr=False)
     protected_rgb: np.ndarray = field(repr=False)
-    alpha: np.ndarray | None = field(repr=False)
     _remeasure: Callable[[np.ndarray], dict[str, Any]] = field(repr=False)
 
     def encode(self, fmt: str = "PNG") -> tuple[bytes, dict[str, Any]]:
         """The protected photo as a file in `fmt` (PNG, JPEG, WEBP, TIFF, BMP) and the metrics
         measured on exactly those bytes."""
-        data = imaging.encode(self.protected_rgb, self.alpha, fmt)
+        data = imaging.encode(self.protected_rgb, self.original, fmt)
         written = imaging.decode_rgb(data)
         if np.array_equal(written, self.protected_rgb):
             return data, {**self.metrics, "output_format": fmt}
         return data, {**self.metrics, **self._remeasure(written), "output_format": fmt}
+
+    @property
+    def original_rgb(self) -> np.ndarray:
+        """The input's upright 8-bit RGB pixels, uint8 [H, W, 3]."""
+        return self.original.rgb
 
     def save(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Write the protected photo (format from the suffix, PNG by default); return the metrics
@@ -139,17 +143,21 @@ class _Job:
         self.mask = mask
 
     def region(self, x: Tensor | None = None) -> Tensor:
+        """The perturbed region of x [1, 3, H, W] (default: the original): [1, 3, h, w], or
+        [1, 1, h, w] for a grayscale photo, whose perturbation must stay gray."""
         x = self.original if x is None else x
-        return x[:, :, self.top : self.bottom, self.left : self.right]
+        region = x[:, :, self.top : self.bottom, self.left : self.right]
+        return region[:, :1] if self.photo.grayscale else region
 
     def crops(self, index: int, region: Tensor) -> list[Tensor]:
         """The squares model `index` sees, cut from a region tensor (gradients flow through)."""
+        region = region.expand(-1, 3, -1, -1)
         return [region[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] for t, left, side in self.boxes[index]]
 
     def paste(self, region: Tensor) -> Tensor:
         full = self.original.clone()
         window = full[:, :, self.top : self.bottom, self.left : self.right]
-        window.copy_(torch.where(self.mask, region, window))
+        window.copy_(torch.where(self.mask, region.expand(-1, 3, -1, -1), window))
         return full
 
 
@@ -566,21 +574,14 @@ class Engine:
         if face_models and not job.faces:
             crop["note"] = "no face found: the largest centred square was protected"
         return ProtectionResult(
-            protected=_pil(protected, job.photo.alpha),
+            protected=imaging.as_photo_mode(protected, job.photo),
             deepfake_original=Image.fromarray(imaging.to_uint8(references[0][0])),
             deepfake_protected=Image.fromarray(imaging.to_uint8(fakes[0][0])),
             metrics={"input": job.photo.name, **header, "width": width, "height": height, **crop, **measured},
-            original_rgb=job.photo.rgb,
+            original=job.photo,
             protected_rgb=protected,
-            alpha=job.photo.alpha,
             _remeasure=lambda rgb: measure(rgb)[0],
         )
-
-
-def _pil(rgb: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
-    if alpha is None:
-        return Image.fromarray(rgb, mode="RGB")
-    return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
 
 
 _DEFAULT_ENGINE: Engine | None = None

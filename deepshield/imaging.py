@@ -26,13 +26,27 @@ def max_pixels() -> int:
     return int(os.environ.get("DEEPSHIELD_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+GRAY_MODES = ("L", "LA", "I;16")
+
+
 @dataclass(frozen=True)
 class Photo:
-    """A decoded, upright photo: `rgb` uint8 [H, W, 3], `alpha` uint8 [H, W] or None."""
+    """A decoded, upright photo: `rgb` uint8 [H, W, 3], `alpha` uint8 [H, W] or None.
+
+    `mode` is the mode the protected photo is written back in: "RGB", "RGBA", "L" (grayscale),
+    "LA" (grayscale + alpha) or "I;16" (16-bit grayscale; `wide` then holds the input's
+    uint16 [H, W] values, and `rgb` their 8-bit rounding round(v / 257)).
+    """
 
     rgb: np.ndarray
     alpha: np.ndarray | None
     name: str
+    mode: str = "RGB"
+    wide: np.ndarray | None = None
+
+    @property
+    def grayscale(self) -> bool:
+        return self.mode in GRAY_MODES
 
     @property
     def size(self) -> tuple[int, int]:
@@ -92,16 +106,27 @@ def _from_pil(image: Image.Image, label: str) -> Photo:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError):
         pass  # unreadable EXIF: keep the stored orientation
-    alpha = None
+    alpha, wide = None, None
+    gray = image.mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        alpha = np.asarray(image.getchannel("A"), dtype=np.uint8).copy()
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.uint8).copy()
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if wide.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(np.round(wide / peak * 255.0), 0, 255).astype(np.uint8), mode="L")
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    return Photo(rgb=rgb, alpha=alpha, name=label)
+        values = np.asarray(image, dtype=np.int64)
+        if image.mode != "I" or values.max() > 255:  # 16-bit samples (mode "I": 8-bit data in 32-bit ints otherwise)
+            wide = np.clip(values, 0, 65535).astype(np.uint16)
+            gray8 = np.round(wide / 257.0).astype(np.uint8)
+        else:
+            gray8 = np.clip(values, 0, 255).astype(np.uint8)
+        rgb = np.repeat(gray8[:, :, None], 3, axis=2)
+    else:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if wide is not None:
+        mode = "I;16"
+    elif gray:
+        mode = "LA" if alpha is not None else "L"
+    else:
+        mode = "RGBA" if alpha is not None else "RGB"
+    return Photo(rgb=rgb, alpha=alpha, name=label, mode=mode, wide=wide)
 
 
 def to_tensor(rgb: np.ndarray) -> Tensor:
@@ -153,11 +178,45 @@ def output_format(path: str | os.PathLike[str]) -> str:
     return _FORMAT_BY_SUFFIX.get(Path(path).suffix.lower(), "PNG")
 
 
-def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str = "PNG") -> bytes:
-    """Encode uint8 [H, W, 3] (+ alpha [H, W]) as PNG, JPEG (quality 95), WebP, TIFF or BMP."""
-    image = Image.fromarray(rgb, mode="RGB")
-    if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
-        image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+def as_photo_mode(rgb: np.ndarray, like: Photo) -> Image.Image:
+    """Protected pixels uint8 [H, W, 3] as an image in the mode of the photo they came from.
+
+    Grayscale photos (whose perturbation is gray, R = G = B) take the first channel; alpha is
+    re-attached unchanged; 16-bit photos keep their full precision: the 8-bit perturbation is
+    added in 16-bit units (x 257), so that the 8-bit rounding of the result is exactly `rgb`.
+    """
+    if like.mode == "I;16" and like.wide is not None:
+        delta = rgb[:, :, 0].astype(np.int32) - np.round(like.wide / 257.0).astype(np.int32)
+        return Image.fromarray(np.clip(like.wide.astype(np.int32) + 257 * delta, 0, 65535).astype(np.uint16))
+    if like.grayscale:
+        gray = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]), mode="L")
+        return Image.merge("LA", (gray, Image.fromarray(like.alpha, mode="L"))) if like.alpha is not None else gray
+    if like.alpha is not None:
+        return Image.fromarray(np.dstack([rgb, like.alpha]), mode="RGBA")
+    return Image.fromarray(rgb, mode="RGB")
+
+
+# What each format can store: the photo's mode is lowered to the nearest one the format has.
+_FORMAT_MODES = {
+    "PNG": ("RGB", "RGBA", "L", "LA", "I;16"),
+    "TIFF": ("RGB", "RGBA", "L", "LA", "I;16"),
+    "WEBP": ("RGB", "RGBA"),
+    "JPEG": ("RGB", "L"),
+    "BMP": ("RGB", "L"),
+}
+
+
+def encode(rgb: np.ndarray, like: Photo, fmt: str = "PNG") -> bytes:
+    """Encode protected pixels uint8 [H, W, 3] in the mode of photo `like` (see `as_photo_mode`)
+    as PNG, JPEG (quality 95, no chroma subsampling), WebP (lossless), TIFF or BMP. A mode the
+    format cannot store is lowered: 16-bit -> 8-bit, alpha dropped, grayscale -> RGB for WebP."""
+    image = as_photo_mode(rgb, like)
+    allowed = _FORMAT_MODES.get(fmt, ("RGB",))
+    if image.mode not in allowed:
+        for fallback in {"I;16": ("L", "RGB"), "LA": ("L", "RGB"), "RGBA": ("RGB",), "L": ("RGB",)}[image.mode]:
+            if fallback in allowed:
+                image = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]), mode="L") if fallback == "L" else Image.fromarray(rgb, mode="RGB")
+                break
     buffer = io.BytesIO()
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}, "PNG": {"compress_level": 6}}
     image.save(buffer, format=fmt, **options.get(fmt, {}))
@@ -165,9 +224,11 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str = "PNG") -> bytes
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """The RGB pixels of an encoded file we wrote (uint8 [H, W, 3])."""
+    """The RGB pixels of an encoded file we wrote (uint8 [H, W, 3]), decoded as `load_photo`
+    decodes inputs (16-bit samples rounded to 8 bits, not clipped)."""
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        image.load()
+        return _from_pil(image, "output").rgb
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

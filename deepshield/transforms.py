@@ -1,7 +1,7 @@
 """Random differentiable image transformations for expectation-over-transformation (EOT) attacks.
 
 Pure torch, no model knowledge. Every transform is a callable
-`transform(x, generator=None) -> Tensor` on x [B, 3, H, W] in [-1, 1] that returns the same shape
+`transform(x, generator=None) -> Tensor` on x [B, C, H, W] in [-1, 1] (C = 3, or 1 for a grayscale photo) that returns the same shape
 in [-1, 1] and lets gradients flow back to x. Random parameters are drawn per sample, on the CPU,
 from the `torch.Generator` passed in (the default generator when None), so a seed gives the same
 draw on every device.
@@ -157,15 +157,19 @@ def jpeg(
 ) -> Tensor:
     """Differentiable JPEG compress + decompress.
 
-    x [B, 3, H, W] in [-1, 1]; quality a number or [B] (1..100, IJG scale as PIL's `quality`).
-    Returns [B, 3, H, W] in [-1, 1]. The image is padded to whole MCUs by edge replication, as
+    x [B, 3, H, W] in [-1, 1] (or [B, 1, H, W]: grayscale, compressed as gray RGB, which keeps
+    only the luma plane); quality a number or [B] (1..100, IJG scale as PIL's `quality`).
+    Returns x's shape in [-1, 1]. The image is padded to whole MCUs by edge replication, as
     libjpeg does; the decoder upsamples chroma with libjpeg's default "fancy" triangle filter
     (= bilinear, align_corners=False). Pixels are rounded to 8 bits (straight-through) at the end.
     `grid_offset` (top, left): where x sits in the encoded photo, so that a crop is compressed on
     the photo's own 8x8 / 16x16 block grid (the rows/columns before it are edge-replicated).
     """
+    if x.dim() == 4 and x.shape[1] == 1:
+        gray = jpeg(x.expand(-1, 3, -1, -1), quality, subsampling=subsampling, rounding=rounding, grid_offset=grid_offset)
+        return gray[:, :1]
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected [B, 3, H, W], got {tuple(x.shape)}")
+        raise ValueError(f"expected [B, 3, H, W] or [B, 1, H, W], got {tuple(x.shape)}")
     if subsampling not in ("4:2:0", "4:4:4"):
         raise ValueError(f"subsampling must be '4:2:0' or '4:4:4', got {subsampling!r}")
     b, _, h, w = x.shape
