@@ -18,8 +18,8 @@ from PIL import Image
 from torch import Tensor
 
 from deepshield import attacks, faces, imaging, metrics, robustness, transforms
-from deepshield.faces import FaceBox
 from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
+from deepshield.faces import FaceBox
 from deepshield.manifest import ModelSpec, load_manifest
 from deepshield.models import Generator
 from deepshield.weights import find_local_weights, load_model, missing_weights_hint

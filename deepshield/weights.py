@@ -26,7 +26,13 @@ from torch import nn
 
 from deepshield.errors import WeightsError
 from deepshield.manifest import ModelSpec
-from deepshield.models import Architecture, CheckpointFormat, Generator, StateDict, get_architecture
+from deepshield.models import (
+    Architecture,
+    CheckpointFormat,
+    Generator,
+    StateDict,
+    get_architecture,
+)
 
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 _CONTAINER_KEYS = ("state_dict", "model", "generator", "G")
