@@ -1,4 +1,4 @@
-"""`python -m deepshield models | protect | fetch | convert` (contracts in DESIGN.md s.3)."""
+"""`python -m deepshield models | protect | verify | fetch | convert` (contracts in DESIGN.md s.3)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--report", help="write a JSON list with one report per image")
     protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
     protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
+
+    verify = commands.add_parser("verify", help="is a protected photo still protected after sharing (recompressed, resized)?")
+    verify.add_argument("original", metavar="ORIGINAL", help="the photo before protection")
+    verify.add_argument("shared", metavar="PROTECTED", help="the protected photo as it was shared (same framing, any size or format)")
+    verify.add_argument("--model", action="append", dest="models", metavar="NAME",
+                        help="model to check (repeatable; default every photo model whose weights are here)")
+    verify.add_argument("--target", action="append", dest="targets", metavar="LABEL", help="target label of a single conditional model")
+    verify.add_argument("--no-faces", dest="detect_faces", action="store_false", help="face models: use the centred square")
+    verify.add_argument("--report", help="write the JSON report here")
+    verify.add_argument("--deepfake-dir", help="write <model>.baseline.png and <model>.shared.png for each model")
+    verify.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+    verify.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
 
     fetch = commands.add_parser("fetch", help="download and verify weights into the cache")
     fetch.add_argument("names", nargs="*", metavar="NAME")
@@ -136,6 +148,31 @@ def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
+def _verify(args: argparse.Namespace) -> None:
+    engine = Engine(device=args.device)
+    result = engine.verify(args.original, args.shared, models=args.models, targets=args.targets, detect_faces=args.detect_faces)
+    report = result.report()
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.deepfake_dir:
+        out = Path(args.deepfake_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for check in result.checks:
+            check.deepfake_baseline.save(out / f"{check.model}.baseline.png")
+            check.deepfake_shared.save(out / f"{check.model}.shared.png")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    shared = report["shared"]
+    quality = f" quality ~{shared['jpeg_quality']}" if shared["jpeg_quality"] else ""
+    print(f"{shared['name']}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, scale {report['scale']:g} of the original")
+    for check in result.checks:
+        verdict = "still disrupted" if check.disrupted else "NOT disrupted"
+        print(f"  {check.model:28} mse {check.mse:.4f} vs the original shared the same way: {verdict}")
+    print("protected: " + ("yes, every model's deepfake is disrupted" if result.protected else "no"))
+
+
 def _fetch(args: argparse.Namespace) -> None:
     engine = Engine(device="cpu")
     if args.all:
@@ -169,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_models(Engine(device="cpu"), args.json)
         elif args.command == "protect":
             _protect(args)
+        elif args.command == "verify":
+            _verify(args)
         elif args.command == "fetch":
             _fetch(args)
         else:

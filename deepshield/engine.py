@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from deepshield import attacks, faces, imaging, metrics, robustness, transforms
+from deepshield import verify as verification
 from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
 from deepshield.faces import FaceBox
 from deepshield.manifest import ModelSpec, load_manifest
@@ -459,6 +460,64 @@ class Engine:
                 progress(len(results), len(photos))
         return results
 
+    # ---------------------------------------------------------------- verification
+
+    def photo_models(self) -> list[str]:
+        """Models that protect photos (not label maps) and whose weights are here or loaded."""
+        return [n for n, s in self.specs.items() if s.preprocessing != "label_map" and self.status(n)[0] in ("loaded", "cached")]
+
+    def verify(
+        self,
+        original: ImageInput,
+        shared: str | os.PathLike[str] | bytes,
+        *,
+        models: Sequence[str] | None = None,
+        targets: Sequence[str] | None = None,
+        detect_faces: bool = True,
+        allow_download: bool = True,
+    ) -> verification.VerifyResult:
+        """Is `shared` (a protected photo after sharing: recompressed, resized) still protected?
+
+        For each model (default: every photo model whose weights are here), compare its
+        deepfakes of the shared copy with those of the original shared the same way (see
+        `deepshield.verify`). `targets` as in `protect_batch` (single model only).
+        """
+        names = list(models) if models else self.photo_models()
+        if not names:
+            raise InvalidParameterError("no photo model has its weights here; name one with --model (it will be downloaded)")
+        if targets and len(names) > 1:
+            raise InvalidParameterError("targets apply to a single conditional model, not several")
+        for name in names:
+            if self.spec(name).preprocessing == "label_map":
+                raise InvalidParameterError(f"model {name!r} translates semantic label maps, not photos: there is nothing to verify against it")
+        before = imaging.load_photo(original, name="original" if isinstance(original, bytes) else None)
+        copy = verification.read_shared(shared, name="shared" if isinstance(shared, bytes) else None)
+        verification.check_framing(before, copy.photo)
+        resized, baseline = verification.baseline(before, copy)
+        loaded = [self.load(n, allow_download=allow_download) for n in names]
+        checks = []
+        with self.admission(), torch.no_grad():
+            for model in loaded:
+                _, conditions = model.conditions(targets)
+                size = self._model_size(model, None)
+                deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
+                (boxes,), found = _squares(baseline, [model], detect_faces)
+                outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
+                mse = float(np.mean([metrics.disruption_metrics(fake, ref)["mse"] for _, ref, fake in outputs]))
+                checks.append(
+                    verification.ModelCheck(
+                        model=model.spec.name,
+                        mse=mse,
+                        l1=float(np.mean([metrics.disruption_metrics(fake, ref)["l1"] for _, ref, fake in outputs])),
+                        disrupted=mse > metrics.DISRUPTION_THRESHOLD,
+                        mse_vs_clean=float(np.mean([metrics.disruption_metrics(fake, clean)["mse"] for clean, _, fake in outputs])),
+                        faces=[{"box": f.as_list()} for f in found],
+                        deepfake_baseline=Image.fromarray(imaging.to_uint8(outputs[0][1][0])),
+                        deepfake_shared=Image.fromarray(imaging.to_uint8(outputs[0][2][0])),
+                    )
+                )
+        return verification.VerifyResult(verification.describe(before, copy), checks)
+
     def _model_size(self, model: LoadedModel, override: int | None) -> int:
         size = int(override or model.spec.image_size)
         multiple = model.generator.size_multiple
@@ -469,22 +528,10 @@ class Engine:
         return size
 
     def _jobs(self, photos: list[imaging.Photo], ensemble: _Ensemble, use_faces: bool) -> list[_Job]:
-        """Place every model's squares on every photo: one per detected face for face models
-        (manifest `face_crop`), else (or when no face is found) the largest centred square."""
         jobs = []
         for photo in photos:
-            original = imaging.to_tensor(photo.rgb).to(self.device)
-            height, width = original.shape[2], original.shape[3]
-            wants_faces = use_faces and any(m.spec.face_crop for m in ensemble.models)
-            found = faces.detect_faces(photo.rgb) if wants_faces else []
-            boxes = []
-            for model in ensemble.models:
-                crop = model.spec.face_crop
-                if use_faces and crop and found:
-                    boxes.append([faces.crop_box(f, width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0)) for f in found])
-                else:
-                    boxes.append([imaging.center_square(height, width)])
-            jobs.append(_Job(photo, original, boxes, found if wants_faces else []))
+            boxes, found = _squares(photo.rgb, ensemble.models, use_faces)
+            jobs.append(_Job(photo, imaging.to_tensor(photo.rgb).to(self.device), boxes, found))
         return jobs
 
     def _protect_chunk(
@@ -582,6 +629,23 @@ class Engine:
             protected_rgb=protected,
             _remeasure=lambda rgb: measure(rgb)[0],
         )
+
+
+def _squares(rgb: np.ndarray, models: Sequence[LoadedModel], use_faces: bool) -> tuple[list[list[Box]], list[FaceBox]]:
+    """Every model's squares on a photo uint8 [H, W, 3]: one per detected face for face models
+    (manifest `face_crop`), else (or when no face is found) the largest centred square.
+    Returns (boxes per model, the faces found; empty when no face model asked)."""
+    height, width = rgb.shape[:2]
+    wants_faces = use_faces and any(m.spec.face_crop for m in models)
+    found = faces.detect_faces(rgb) if wants_faces else []
+    boxes = []
+    for model in models:
+        crop = model.spec.face_crop
+        if crop and found:
+            boxes.append([faces.crop_box(f, width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0)) for f in found])
+        else:
+            boxes.append([imaging.center_square(height, width)])
+    return boxes, found
 
 
 _DEFAULT_ENGINE: Engine | None = None

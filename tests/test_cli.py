@@ -179,3 +179,22 @@ def test_robust_attack_and_robustness_report_from_the_cli(cli_env, tmp_path):
     assert report["robust"] == "eot"
     assert set(report["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
     assert report["faces"] == [] and report["crop"] == "centre"
+
+
+def test_cli_verify_summary_json_and_errors(cli_env, tmp_path):
+    original = write_photo(tmp_path / "a.png", seed=5)
+    protected = tmp_path / "a.protected.png"
+    assert run(cli_env, "protect", str(original), "-o", str(protected), "--model", "tiny", "--iterations", "3", "--seed", "0").returncode == 0
+    Image.open(protected).save(tmp_path / "shared.jpg", quality=85)
+    proc = run(cli_env, "verify", str(original), str(tmp_path / "shared.jpg"), "--report", str(tmp_path / "v.json"), "--deepfake-dir", str(tmp_path / "fakes"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["tiny"]
+    assert report["shared"]["jpeg_quality"] == 85
+    verdict = "still disrupted" if report["models"][0]["disrupted"] else "NOT disrupted"
+    assert f"mse {report['models'][0]['mse']:.4f} vs the original shared the same way: {verdict}" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "fakes").iterdir()) == ["tiny.baseline.png", "tiny.shared.png"]
+    as_json = run(cli_env, "verify", str(original), str(tmp_path / "shared.jpg"), "--json")
+    assert json.loads(as_json.stdout)["models"][0]["mse"] == pytest.approx(report["models"][0]["mse"])
+    missing = run(cli_env, "verify", str(original), str(tmp_path / "nope.jpg"))
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: nope.jpg: no such file"

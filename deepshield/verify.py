@@ -1,0 +1,138 @@
+"""Is a protected photo still protected after it was shared? Compare deepfakes of the shared copy
+with deepfakes of the original shared the same way.
+
+A shared copy has been recompressed and often resized by the site it went through. What the
+perturbation still does is measured against a *baseline*: the unprotected original taken through
+the same treatment, as far as the shared file tells it: resized to the shared size (PIL bicubic,
+antialiased) and, when the shared file is a JPEG, encoded with its very quantisation tables and
+chroma subsampling. Models then see the same squares (faces found on the baseline) in both.
+
+- `mse`: deepfake(shared) vs deepfake(baseline), on [-1, 1]; `disrupted` when above
+  `metrics.DISRUPTION_THRESHOLD`. This is the number that says whether the protection survived.
+- `mse_vs_clean`: deepfake(shared) vs deepfake(original at the shared size, not recompressed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, JpegImagePlugin
+
+from deepshield import imaging
+from deepshield.errors import InvalidImageError
+from deepshield.transforms import quantization_tables
+
+MAX_ASPECT_CHANGE = 0.02  # a shared copy whose width/height ratio moved more than 2% was cropped
+
+
+@dataclass(frozen=True)
+class SharedCopy:
+    """What the shared file says about how it was made: its pixels, and its JPEG encoding."""
+
+    photo: imaging.Photo
+    format: str | None
+    qtables: dict[int, list[int]] | None  # JPEG quantisation tables, natural order
+    subsampling: int | None  # PIL's code: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0
+
+    @property
+    def jpeg_quality(self) -> int | None:
+        """The IJG quality (1..100) whose luminance table is closest to the file's, if a JPEG."""
+        if not self.qtables or 0 not in self.qtables:
+            return None
+        luma = torch.tensor(list(self.qtables[0]), dtype=torch.float32).view(1, 8, 8)
+        candidates = quantization_tables(torch.arange(1, 101, dtype=torch.float32))[0]
+        return int(torch.argmin((candidates - luma).abs().flatten(1).sum(1)).item()) + 1
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """One model's verdict on the shared copy, averaged over the squares it sees (faces).
+
+    Deepfakes are of the first square and first target, for showing side by side."""
+
+    model: str
+    mse: float
+    l1: float
+    disrupted: bool
+    mse_vs_clean: float
+    faces: list[dict[str, list[int]]]
+    deepfake_baseline: Image.Image = field(repr=False)
+    deepfake_shared: Image.Image = field(repr=False)
+
+    def report(self) -> dict[str, Any]:
+        return {"model": self.model, "mse": self.mse, "l1": self.l1, "disrupted": self.disrupted, "mse_vs_clean": self.mse_vs_clean, "faces": self.faces}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """`header` (see `describe`) and one `ModelCheck` per model."""
+
+    header: dict[str, Any]
+    checks: list[ModelCheck]
+
+    @property
+    def protected(self) -> bool:
+        """Every model's deepfake of the shared copy is still disrupted."""
+        return all(c.disrupted for c in self.checks)
+
+    def report(self) -> dict[str, Any]:
+        return {**self.header, "protected": self.protected, "models": [c.report() for c in self.checks]}
+
+
+def read_shared(source: str | os.PathLike[str] | bytes, name: str | None = None) -> SharedCopy:
+    """Decode a shared copy (path or bytes) and keep its JPEG tables when it is a JPEG."""
+    photo = imaging.load_photo(source, name=name)  # raises InvalidImageError for a bad file
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        fmt = image.format
+        if fmt == "JPEG":
+            tables = {int(k): list(v) for k, v in image.quantization.items()}
+            return SharedCopy(photo, fmt, tables, JpegImagePlugin.get_sampling(image))
+    return SharedCopy(photo, fmt, None, None)
+
+
+def check_framing(original: imaging.Photo, shared: imaging.Photo) -> None:
+    """Refuse a shared copy that is not the same picture at some scale (cropped, rotated)."""
+    (ow, oh), (sw, sh) = original.size, shared.size
+    change = abs((sw / sh) / (ow / oh) - 1)
+    if change > MAX_ASPECT_CHANGE:
+        raise InvalidImageError(
+            f"{shared.name}: {sw}x{sh} does not have the framing of {original.name} ({ow}x{oh}); "
+            "verify compares the same picture at any size, so give the uncropped, unrotated copy"
+        )
+
+
+def baseline(original: imaging.Photo, shared: SharedCopy) -> tuple[np.ndarray, np.ndarray]:
+    """(original at the shared size, that image also encoded as the shared JPEG was) as uint8
+    [h, w, 3] each; the second equals the first when the shared copy is not a JPEG."""
+    width, height = shared.photo.size
+    image = Image.fromarray(original.rgb)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    resized = np.asarray(image, dtype=np.uint8).copy()
+    if shared.format != "JPEG" or not shared.qtables:
+        return resized, resized
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {"qtables": shared.qtables}
+    if shared.subsampling is not None and shared.subsampling >= 0:
+        options["subsampling"] = shared.subsampling
+    image.save(buffer, format="JPEG", **options)
+    return resized, imaging.decode_rgb(buffer.getvalue())
+
+
+def describe(original: imaging.Photo, shared: SharedCopy) -> dict[str, Any]:
+    """The report header: sizes and what the shared file says about its treatment."""
+    (ow, oh), (sw, sh) = original.size, shared.photo.size
+    return {
+        "original": {"name": original.name, "width": ow, "height": oh},
+        "shared": {"name": shared.photo.name, "width": sw, "height": sh, "format": shared.format, "jpeg_quality": shared.jpeg_quality},
+        "scale": round(sw / ow, 4),
+        "baseline": "the original resized to the shared size"
+        + (", encoded with the shared file's JPEG tables" if shared.format == "JPEG" and shared.qtables else ""),
+    }
