@@ -25,6 +25,27 @@ LOWER, UPPER = -1.0, 1.0
 EPSILON_RANGE = (0.0, 0.5)  # on [-1, 1]; 0.5 is 64/255, far past imperceptible
 MAX_ITERATIONS = 1000
 SEED_NOISE = 1e-3  # FGSM / I-FGSM start: at exactly x the gradient of the loss is zero
+STRENGTHS = {"low": 0.02, "medium": 0.05, "high": 0.1}
+"""Strength presets: epsilon on [-1, 1]; x 127.5 gives levels of 255 (2.55, 6.4, 12.75)."""
+
+
+def resolve_epsilon(value: float | str) -> float:
+    """An epsilon on [-1, 1], or a strength preset name (low / medium / high) -> epsilon."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in STRENGTHS:
+            return STRENGTHS[key]
+        try:
+            return float(key)
+        except ValueError:
+            presets = ", ".join(f"{n} ({e:g} = {e * 127.5:.2f}/255)" for n, e in STRENGTHS.items())
+            raise InvalidParameterError(f"epsilon must be a number or a strength preset: {presets}; got {value!r}") from None
+    return float(value)
+
+
+def strength_name(epsilon: float) -> str:
+    """The preset an epsilon is (low / medium / high), else "custom"."""
+    return next((n for n, e in STRENGTHS.items() if abs(e - epsilon) < 1e-9), "custom")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,10 +69,11 @@ class AttackConfig:
         return self
 
 
-def preset(name: str, *, epsilon: float = 0.05, iterations: int | None = None, step_size: float | None = None) -> AttackConfig:
+def preset(name: str, *, epsilon: float | str = 0.05, iterations: int | None = None, step_size: float | None = None) -> AttackConfig:
     """The paper's attacks: `fgsm` (one step of size epsilon; iterations and step_size do not
     apply), `ifgsm` (k signed steps of size a), `pgd` (I-FGSM from a uniform random start).
-    Defaults: epsilon 0.05, k 10, a 0.01."""
+    Defaults: epsilon 0.05, k 10, a 0.01. `epsilon` may name a strength preset (`STRENGTHS`)."""
+    epsilon = resolve_epsilon(epsilon)
     key = str(name).lower().replace("-", "").replace("_", "")
     if key == "fgsm":
         return AttackConfig(epsilon=epsilon, step_size=epsilon, iterations=1, random_start=False, name="fgsm").validate()

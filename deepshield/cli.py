@@ -31,7 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--out-dir", help="directory for <stem>.protected.png of every input")
     protect.add_argument("--model", default=DEFAULT_MODEL, help=f"manifest model name (default {DEFAULT_MODEL})")
     protect.add_argument("--attack", default="pgd", choices=attacks.ATTACKS, help="default pgd")
-    protect.add_argument("--epsilon", type=float, default=0.05, help="L-inf budget on [-1, 1] (0.05 = 6.4/255)")
+    budget = protect.add_mutually_exclusive_group()
+    budget.add_argument("--epsilon", type=float, help="L-inf budget on [-1, 1] (default 0.05 = 6.4/255)")
+    budget.add_argument("--strength", choices=list(attacks.STRENGTHS),
+                        help="budget preset: " + ", ".join(f"{n} = {e:g} ({e * 127.5:.2f}/255)" for n, e in attacks.STRENGTHS.items()))
+    protect.add_argument("--ssim-floor", type=float, metavar="SSIM",
+                         help="perceptual mode: shrink the perturbation until the photo's SSIM is at least this (e.g. 0.95)")
     protect.add_argument("--iterations", type=int, default=10, help="attack steps (ifgsm, pgd)")
     protect.add_argument("--step-size", type=float, default=0.01, help="step size on [-1, 1] (ifgsm, pgd)")
     protect.add_argument("--seed", type=int, help="random seed (reported; default random)")
@@ -109,7 +114,7 @@ def _protect(args: argparse.Namespace) -> None:
                 chunk,
                 model=args.model,
                 attack=args.attack,
-                epsilon=args.epsilon,
+                epsilon=args.strength or (0.05 if args.epsilon is None else args.epsilon),
                 iterations=args.iterations,
                 step_size=args.step_size,
                 seed=None if args.seed is None else args.seed + start,
@@ -120,6 +125,7 @@ def _protect(args: argparse.Namespace) -> None:
                 detect_faces=args.detect_faces,
                 robust=args.robust,
                 check_robustness=args.check_robustness,
+                ssim_floor=args.ssim_floor,
             )
             for offset, result in enumerate(results):
                 output = outputs[start + offset]
@@ -142,6 +148,11 @@ def _protect(args: argparse.Namespace) -> None:
             f"{report['output']}: disruption mse {d['mse']:.4f} ({'disrupted' if d['disrupted'] else 'NOT disrupted'}), "
             f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {p['ssim']:.4f}, {report['seconds']:.2f}s"
         )
+        if "perceptual" in report:
+            print(f"  perceptual: perturbation scaled by {report['perceptual']['scale']:.3f} to keep ssim >= {report['perceptual']['ssim_floor']:g}")
+        if "robustness" in report:
+            after = ", ".join(f"{k} {v['mse']:.3f}{'' if v['disrupted'] else ' (NOT disrupted)'}" for k, v in report["robustness"].items())
+            print(f"  robustness: {after}")
 
 
 def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepshield import attacks, faces, imaging, metrics, robustness, transforms
+from deepshield import attacks, faces, imaging, metrics, perceptual, robustness, transforms
 from deepshield import verify as verification
 from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
 from deepshield.faces import FaceBox
@@ -398,7 +398,7 @@ class Engine:
         *,
         model: str | Sequence[str] = DEFAULT_MODEL,
         attack: str = "pgd",
-        epsilon: float = 0.05,
+        epsilon: float | str = 0.05,
         iterations: int | None = None,
         step_size: float | None = None,
         seed: int | None = None,
@@ -409,13 +409,15 @@ class Engine:
         detect_faces: bool = True,
         robust: str | None = None,
         check_robustness: bool = False,
+        ssim_floor: float | None = None,
         allow_download: bool = True,
         on_step: attacks.StepCallback | None = None,
         progress: ProgressCallback | None = None,
     ) -> list[ProtectionResult]:
         """Protect photos against one generator or an ensemble (`model` a list of names).
 
-        epsilon / step_size on [-1, 1]; `targets` picks labels of a conditional model (default:
+        epsilon / step_size on [-1, 1] (epsilon may name a strength preset: low, medium, high;
+        see `attacks.STRENGTHS`); `targets` picks labels of a conditional model (default:
         all, attacked jointly); `image_size` overrides the model resolution; `weights` is a
         checkpoint to use instead of the manifest's (single model only). Images are attacked
         `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
@@ -424,9 +426,11 @@ class Engine:
         `robust`: "eot" optimises the loss over random differentiable JPEG / resize / blur /
         shift transformations, "spread-spectrum" cycles blurs (the paper's variant against
         blur); `check_robustness` adds `robustness` to the report: the disruption after real
-        JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop.
+        JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop. `ssim_floor`
+        (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
         """
         config = attacks.preset(attack, epsilon=epsilon, iterations=iterations, step_size=step_size)
+        ssim_floor = perceptual.check_floor(ssim_floor)
         names = [model] if isinstance(model, str) else list(model)
         if not names:
             raise InvalidParameterError("give at least one model")
@@ -454,7 +458,8 @@ class Engine:
             chunk = photos[start : start + batch_size]
             with self.admission():
                 results += self._protect_chunk(
-                    chunk, ensemble, config, seed + start, on_step, detect_faces=detect_faces, robust=robust, check_robustness=check_robustness
+                    chunk, ensemble, config, seed + start, on_step,
+                    detect_faces=detect_faces, robust=robust, check_robustness=check_robustness, ssim_floor=ssim_floor,
                 )
             if progress is not None:
                 progress(len(results), len(photos))
@@ -545,6 +550,7 @@ class Engine:
         detect_faces: bool,
         robust: str | None,
         check_robustness: bool,
+        ssim_floor: float | None,
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
         jobs = self._jobs(photos, ensemble, detect_faces)
@@ -563,6 +569,7 @@ class Engine:
             "attack": config.name,
             "epsilon": config.epsilon,
             "epsilon_255": config.epsilon * 127.5,
+            "strength": attacks.strength_name(config.epsilon),
             "iterations": config.iterations,
             "step_size": config.step_size,
             "random_start": config.random_start,
@@ -575,7 +582,12 @@ class Engine:
         results = []
         for job, region, own in zip(jobs, adversarial, per_job):
             protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
+            scale = 1.0
+            if ssim_floor is not None:
+                protected, scale = perceptual.hold_ssim(job.photo.rgb, protected, ssim_floor)
             result = self._result(job, protected, ensemble, list(own), header)
+            if ssim_floor is not None:
+                result.metrics["perceptual"] = {"ssim_floor": ssim_floor, "scale": scale}
             if check_robustness:
                 result.metrics["robustness"] = self._robustness(job, protected, ensemble)
             results.append(result)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield.manifest import ModelSpec, WeightsSource
@@ -109,3 +115,38 @@ def tiny_models(directory: Path) -> dict[str, ModelSpec]:
         "tiny-cyclegan": make_spec("tiny-cyclegan", "cyclegan", TINY_PARAMS["cyclegan"], fmt="vintagify", filename="tiny-cyclegan.safetensors"),
         "tiny-stargan": make_spec("tiny-stargan", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors", targets=HAIR),
     }
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, isolated_caches: Path) -> dict[str, str]:
+    """Environment for a subprocess: a manifest with one tiny local model whose weights exist."""
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny(models, "tiny", "cyclegan", seed=0)
+    manifest = {
+        "models": {
+            "tiny": {
+                "architecture": "cyclegan",
+                "params": TINY_PARAMS["cyclegan"],
+                "image_size": 32,
+                "weights": {"local": "tiny.safetensors", "format": "vintagify"},
+            }
+        }
+    }
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    return {
+        **os.environ,
+        "DEEPSHIELD_MANIFEST": str(tmp_path / "manifest.yaml"),
+        "DEEPSHIELD_MODELS_DIR": str(models),
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deepshield", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path

@@ -6,54 +6,15 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from deepshield.errors import InvalidImageError
 from deepshield.imaging import load_photo
-from tests.conftest import REPO, TINY_PARAMS, save_tiny
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, isolated_caches: Path) -> dict[str, str]:
-    """Environment for a subprocess: a manifest with one tiny local model whose weights exist."""
-    models = tmp_path / "models"
-    models.mkdir()
-    save_tiny(models, "tiny", "cyclegan", seed=0)
-    manifest = {
-        "models": {
-            "tiny": {
-                "architecture": "cyclegan",
-                "params": TINY_PARAMS["cyclegan"],
-                "image_size": 32,
-                "weights": {"local": "tiny.safetensors", "format": "vintagify"},
-            }
-        }
-    }
-    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-    return {
-        **os.environ,
-        "DEEPSHIELD_MANIFEST": str(tmp_path / "manifest.yaml"),
-        "DEEPSHIELD_MODELS_DIR": str(models),
-        "PYTHONPATH": str(REPO),
-    }
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deepshield", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
+from tests.conftest import REPO, run, write_photo
 
 
 def test_protect_writes_images_report_and_deepfakes(cli_env, tmp_path):
