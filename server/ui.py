@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from deepshield import imaging
+from deepshield.attacks import STRENGTHS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
 from server import observability, uploads
@@ -39,8 +40,7 @@ EXAMPLE_PHOTO = REPO / "examples" / "synthetic-portrait.png"
 EXAMPLE_MODEL = "cyclegan-vintage"
 
 ATTACK_CHOICES = [("FGSM", "fgsm"), ("I-FGSM", "ifgsm"), ("PGD", "pgd")]
-STRENGTHS = {"low": 0.02, "medium": 0.05, "high": 0.1}
-"""Strength presets: epsilon on the [-1, 1] scale (x 127.5 = levels out of 255)."""
+ROBUST_CHOICES = [("off", "off"), ("EOT: JPEG, resize, blur, shift", "eot"), ("spread-spectrum: blurs", "spread-spectrum")]
 DEFAULT_STRENGTH = "medium"
 DEFAULT_ITERATIONS = 10
 DEFAULT_STEP_SIZE = 0.01
@@ -101,21 +101,38 @@ def _seed(value: Any) -> int | None:
     return seed if seed >= 0 else None
 
 
-def _attack_options(model: Any, attack: Any, epsilon: Any, iterations: Any, step_size: Any, seed: Any, targets: Any) -> dict[str, Any]:
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
+
+
+def _attack_options(
+    model: Any, attack: Any, epsilon: Any, iterations: Any, step_size: Any, seed: Any, targets: Any,
+    detect_faces: Any = True, robust: Any = "off", check_robustness: Any = False, ssim_floor: Any = 0,
+) -> dict[str, Any]:
     """Raw API values (the protect events skip Gradio's preprocessing) -> engine keywords.
-    Range checks are the engine's, so every entry point reports the same messages."""
+    Range checks are the engine's, so every entry point reports the same messages. `epsilon`
+    may name a strength preset; robust "off" and ssim_floor 0 mean off."""
     if not model or not isinstance(model, str):
         raise InvalidParameterError("choose a model")
     if isinstance(targets, str):
         targets = [targets]
+    floor = 0.0 if ssim_floor in (None, "") else _number(ssim_floor, "ssim_floor")
     return {
         "model": model,
         "attack": str(attack or "pgd"),
-        "epsilon": _number(epsilon, "epsilon"),
+        "epsilon": epsilon.strip() if isinstance(epsilon, str) and epsilon.strip().lower() in STRENGTHS else _number(epsilon, "epsilon"),
         "iterations": None if iterations in (None, "") else _integer(iterations, "iterations"),
         "step_size": None if step_size in (None, "") else _number(step_size, "step_size"),
         "seed": _seed(seed),
         "targets": [str(t) for t in targets] if targets else None,
+        "detect_faces": _flag(True if detect_faces is None else detect_faces, "detect_faces"),
+        "robust": None if robust in (None, "", "off", False) else str(robust),
+        "check_robustness": _flag(False if check_robustness is None else check_robustness, "check_robustness"),
+        "ssim_floor": None if floor == 0 else floor,
     }
 
 
@@ -144,7 +161,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """The report as (metric, value) rows for the UI table."""
     p, d = metrics.get("perturbation", {}), metrics.get("disruption", {})
-    return [
+    rows = [
         ["perturbation L2 (on [-1, 1])", _fmt(p.get("l2"))],
         ["perturbation L-inf (on [-1, 1])", _fmt(p.get("linf"))],
         ["perturbation L-inf (/255)", _fmt(p.get("linf_255"), 0)],
@@ -155,22 +172,61 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
         ["disrupted (mse > 0.05)", _fmt(d.get("disrupted"))],
         ["seconds", _fmt(metrics.get("seconds"), 2)],
         ["model / attack", f"{metrics.get('model')} / {metrics.get('attack')}"],
-        ["epsilon (/255)", f"{_fmt(metrics.get('epsilon'))} ({_fmt(metrics.get('epsilon_255'), 1)})"],
+        ["epsilon (/255), strength", f"{_fmt(metrics.get('epsilon'))} ({_fmt(metrics.get('epsilon_255'), 1)}), {metrics.get('strength', '-')}"],
         ["iterations / step size", f"{metrics.get('iterations')} / {_fmt(metrics.get('step_size'))}"],
+        ["robust attack", _fmt(metrics.get("robust") or "off")],
         ["seed", _fmt(metrics.get("seed"))],
+        ["region protected", _region(metrics)],
     ]
+    if "perceptual" in metrics:
+        q = metrics["perceptual"]
+        rows.append([f"perceptual: scale for SSIM >= {q['ssim_floor']:g}", _fmt(q["scale"], 3)])
+    for key, value in (metrics.get("robustness") or {}).items():
+        verdict = "disrupted" if value["disrupted"] else "NOT disrupted"
+        rows.append([f"after {ROBUSTNESS_LABELS.get(key, key)}: mse", f"{value['mse']:.4f} ({verdict})"])
+    return rows
 
 
-REPORT_COLUMNS = ["input", "output", "linf_255", "psnr", "ssim", "mse", "disrupted", "seconds"]
+ROBUSTNESS_LABELS = {"jpeg90": "JPEG 90", "jpeg75": "JPEG 75", "jpeg50": "JPEG 50", "resize50": "resize to 1/2 and back",
+                     "blur1": "Gaussian blur 1 px", "shift": "crop shifted 4 px"}
+
+
+def _region(metrics: dict[str, Any]) -> str:
+    found = metrics.get("faces") or []
+    if found:
+        return f"{len(found)} face{'s' if len(found) > 1 else ''}: " + "; ".join(str(f["box"]) for f in found)
+    return metrics.get("note") or "the centred square"
+
+
+REPORT_COLUMNS = ["input", "output", "faces", "linf_255", "psnr", "ssim", "mse", "disrupted", "mse after JPEG 75", "seconds"]
 
 
 def report_rows(report: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for item in report or []:
         p, d = item.get("perturbation", {}), item.get("disruption", {})
-        rows.append([item.get("input"), item.get("output"), p.get("linf_255"), _fmt(p.get("psnr"), 2), _fmt(p.get("ssim")),
-                     _fmt(d.get("mse")), _fmt(d.get("disrupted")), _fmt(item.get("seconds"), 2)])
+        jpeg75 = (item.get("robustness") or {}).get("jpeg75")
+        rows.append([item.get("input"), item.get("output"), len(item.get("faces") or []), p.get("linf_255"), _fmt(p.get("psnr"), 2),
+                     _fmt(p.get("ssim")), _fmt(d.get("mse")), _fmt(d.get("disrupted")), _fmt(jpeg75["mse"] if jpeg75 else None),
+                     _fmt(item.get("seconds"), 2)])
     return rows
+
+
+VERIFY_COLUMNS = ["model", "mse vs the original shared the same way", "still disrupted", "mse vs the clean original", "faces"]
+
+
+def verify_rows(report: dict[str, Any] | None) -> tuple[str, list[list[Any]]]:
+    """(verdict markdown, table rows) of a verify report."""
+    if not report:
+        return "", []
+    rows = [[m["model"], _fmt(m["mse"]), _fmt(m["disrupted"]), _fmt(m["mse_vs_clean"]), len(m["faces"]) or "centre"] for m in report["models"]]
+    shared = report["shared"]
+    quality = f", JPEG quality about {shared['jpeg_quality']}" if shared.get("jpeg_quality") else ""
+    head = f"Shared copy: {shared['width']}x{shared['height']} {shared.get('format') or ''}{quality} (scale {report['scale']:g} of the original). "
+    if report["protected"]:
+        return head + "**Still protected**: every model's deepfake of the shared copy is disrupted.", rows
+    lost = [m["model"] for m in report["models"] if not m["disrupted"]]
+    return head + f"**Protection lost** against: {', '.join(lost)}.", rows
 
 
 MODEL_COLUMNS = ["model", "status", "image size", "labels", "device", "source", "why"]
@@ -302,6 +358,32 @@ class Handlers:
                 f"or run `python -m deepshield fetch {model}` on the server"
             )
 
+    # ------------------------------------------------------------ verify
+
+    def verify(self, original: Any, shared: Any, models: Any = None) -> tuple[list[tuple[Image.Image, str]], dict[str, Any]]:
+        """Is a shared copy of a protected photo still protected? Returns (gallery: per model the
+        deepfake of the original shared the same way, then of the shared copy; the report)."""
+        with _user_errors():
+            before = uploads.from_payload(original, _upload_root())
+            after = uploads.from_payload(shared, _upload_root())
+            for upload in (before, after):
+                uploads.check_image_file(upload, self.settings)
+            if isinstance(models, str):
+                models = [models]
+            names = [str(m) for m in models] if models else None
+            for name in names or []:
+                self.engine.spec(name)
+                self._require_local_weights(name)
+            result = self.engine.verify(str(before.path), after.path.read_bytes(), models=names, allow_download=False)
+            report = {**result.report()}
+            report["original"]["name"], report["shared"]["name"] = before.name, after.name
+            gallery = []
+            for check in result.checks:
+                verdict = "still disrupted" if check.disrupted else "NOT disrupted"
+                gallery.append((check.deepfake_baseline, f"{check.model}: deepfake of the original, shared the same way"))
+                gallery.append((check.deepfake_shared, f"{check.model}: deepfake of the shared copy (mse {check.mse:.3f}, {verdict})"))
+            return gallery, report
+
     # ------------------------------------------------------------ protect
 
     def protect(
@@ -314,14 +396,21 @@ class Handlers:
         step_size: Any = DEFAULT_STEP_SIZE,
         seed: Any = None,
         targets: Any = None,
+        detect_faces: Any = True,
+        robust: Any = "off",
+        check_robustness: Any = False,
+        ssim_floor: Any = 0,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, Image.Image, Image.Image, dict[str, Any]]:
         """Protect one photo. Returns (protected PNG, deepfake of the original, deepfake of the
-        protected photo, report with `perturbation` and `disruption` measured on the PNG)."""
+        protected photo, report with `perturbation` and `disruption` measured on the PNG, the
+        `faces` protected and, with check_robustness, `robustness` after real transformations)."""
         with _user_errors():
             upload = uploads.from_payload(image, _upload_root())
             uploads.check_image_file(upload, self.settings)
-            options = _attack_options(model, attack, epsilon, iterations, step_size, seed, targets)
+            options = _attack_options(
+                model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
+            )
             self._require_local_weights(options["model"])
             progress(0.0, desc=f"loading {options['model']}")
 
@@ -356,6 +445,10 @@ class Handlers:
         step_size: Any = DEFAULT_STEP_SIZE,
         seed: Any = None,
         targets: Any = None,
+        detect_faces: Any = True,
+        robust: Any = "off",
+        check_robustness: Any = False,
+        ssim_floor: Any = 0,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]]]:
         """Protect many photos (files and/or zips of images). Returns (gallery, zip of
@@ -365,7 +458,9 @@ class Handlers:
             if isinstance(images, dict):
                 images = [images]
             batch = uploads.collect_batch(images, workdir / "inputs", self.settings, root=_upload_root())
-            options = _attack_options(model, attack, epsilon, iterations, step_size, seed, targets)
+            options = _attack_options(
+                model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
+            )
             self._require_local_weights(options["model"])
             count, done = len(batch), 0
 
@@ -415,11 +510,17 @@ class AttackControls:
     step_size: gr.Slider
     random_start: gr.Checkbox
     seed: gr.Number
+    detect_faces: gr.Checkbox
+    robust: gr.Radio
+    check_robustness: gr.Checkbox
+    ssim_floor: gr.Slider
 
     def api_inputs(self) -> list[gr.components.Component]:
         """In the fixed API order after the image(s): model, attack, epsilon, iterations,
-        step_size, then the extras seed and targets."""
-        return [self.model, self.attack, self.epsilon, self.iterations, self.step_size, self.seed, self.targets]
+        step_size, the extras seed and targets, then (issue 4) detect_faces, robust,
+        check_robustness and ssim_floor."""
+        return [self.model, self.attack, self.epsilon, self.iterations, self.step_size, self.seed, self.targets,
+                self.detect_faces, self.robust, self.check_robustness, self.ssim_floor]
 
 
 def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
@@ -435,7 +536,17 @@ def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
         [(_strength_label(name), name) for name in STRENGTHS], value=DEFAULT_STRENGTH, label="Strength",
         info="L-inf budget per pixel; higher is more robust and more visible", elem_id=f"{prefix}-strength",
     )
+    robust = gr.Radio(ROBUST_CHOICES, value="off", label="Survive sharing (robust attack)",
+                      info="optimise through JPEG / resizing / blur so the protection survives recompression; slower",
+                      elem_id=f"{prefix}-robust")
+    check_robustness = gr.Checkbox(False, label="Check robustness: re-measure after JPEG 90/75/50, resize, blur, shifted crop",
+                                   elem_id=f"{prefix}-check-robustness")
     with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
+        detect_faces = gr.Checkbox(True, label="Protect every detected face (face models); off: the centred square",
+                                   elem_id=f"{prefix}-detect-faces")
+        ssim_floor = gr.Slider(0, 0.999, value=0, step=0.001, label="Perceptual mode: keep SSIM at least",
+                               info="0 = off; otherwise the perturbation is scaled down until the photo's SSIM reaches this",
+                               elem_id=f"{prefix}-ssim-floor")
         epsilon = gr.Slider(0.004, 0.5, value=STRENGTHS[DEFAULT_STRENGTH], step=0.001, label="Epsilon (on [-1, 1])",
                             info="0.05 = 6.4/255 of the pixel range", elem_id=f"{prefix}-epsilon")
         iterations = gr.Slider(1, 200, value=DEFAULT_ITERATIONS, step=1, label="Iterations", elem_id=f"{prefix}-iterations")
@@ -443,7 +554,8 @@ def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
         random_start = gr.Checkbox(True, label="Random start (I-FGSM with a random start is PGD)", elem_id=f"{prefix}-random-start")
         seed = gr.Number(RANDOM_SEED, precision=0, minimum=RANDOM_SEED, label="Seed", info=f"{RANDOM_SEED} = random (the seed used is reported)",
                          elem_id=f"{prefix}-seed")
-    controls = AttackControls(model, targets, attack, strength, epsilon, iterations, step_size, random_start, seed)
+    controls = AttackControls(model, targets, attack, strength, epsilon, iterations, step_size, random_start, seed,
+                              detect_faces, robust, check_robustness, ssim_floor)
     _wire_attack_controls(handlers, controls)
     return controls
 
@@ -482,26 +594,31 @@ client = Client("http://127.0.0.1:7860/")   # this server's address
 protected, fake_original, fake_protected, metrics = client.predict(
     handle_file("me.jpg"), "cyclegan-vintage", "pgd", 0.05, 10, 0.01,   # image, model, attack, epsilon, iterations, step_size
     -1, [],                                                             # seed (-1 = random), targets (conditional models; [] = all)
+    True, "eot", True, 0,   # detect faces, robust ("off" | "eot" | "spread-spectrum"), check robustness, SSIM floor (0 = off)
     api_name="/protect",
 )
-print(metrics["perturbation"], metrics["disruption"])
+print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["jpeg75"])
 gallery, zip_path, report = client.predict(
     [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
-    api_name="/protect_batch",
+    api_name="/protect_batch",            # the same trailing options as /protect may follow
 )
+pairs, verdict = client.predict(handle_file("me.jpg"), handle_file("me-from-the-site.jpg"), [], api_name="/verify")
 models = client.predict(api_name="/models")   # as `python -m deepshield models --json`
 ```
 
-`epsilon` and `step_size` are on the [-1, 1] scale of the paper (0.05 = 6.4/255). `attack` is
-`fgsm`, `ifgsm` or `pgd` (PGD is I-FGSM from a random start). A model whose weights are not on
-the server yet must be loaded in the **Models** tab (or with `POST /api/v1/models/NAME/load`) first.
+`epsilon` and `step_size` are on the [-1, 1] scale of the paper (0.05 = 6.4/255); `epsilon` may
+also be a strength preset: `low` (0.02 = 2.55/255), `medium` (0.05 = 6.38/255), `high` (0.1 =
+12.75/255). `attack` is `fgsm`, `ifgsm` or `pgd` (PGD is I-FGSM from a random start). A model whose
+weights are not on the server yet must be loaded in the **Models** tab (or with
+`POST /api/v1/models/NAME/load`) first.
 
 **REST API** (JSON, base64 images; interactive docs at [/docs](/docs) and [/redoc](/redoc)):
 `POST /api/v1/protect/image`, `POST /api/v1/protect/batch`, `GET /api/v1/protect/status/{task_id}`,
 `GET /api/v1/models`, `POST /api/v1/models/{name}/load`, `POST /api/v1/models/{name}/unload`,
 `GET /api/v1/config/attack-methods`, `GET /api/v1/health`, `GET /health`, `GET /metrics` (Prometheus).
 
-**Command line:** `python -m deepshield protect me.jpg -o me.protected.png --model cyclegan-vintage --report report.json`.
+**Command line:** `python -m deepshield protect me.jpg -o me.protected.png --robust --check-robustness --report report.json`,
+then after sharing `python -m deepshield verify me.jpg me-from-the-site.jpg`.
 
 ## What the protection does, and its limits
 
@@ -512,10 +629,14 @@ mean squared difference of the two outputs exceeds 0.05 (on [-1, 1]).
 
 - **White box.** The perturbation is optimised against the model chosen here. How well it
   transfers to other generators is not guaranteed.
-- **Not robust by construction.** JPEG recompression, resizing, cropping or filtering (for example
-  by a social network) can weaken or remove it. Share the lossless PNG as it is downloaded.
-- **Only the centred square the model sees is perturbed** (the model crops the largest centred
-  square and resizes it); the rest of a non-square photo is left unchanged.
+- **Sharing weakens it.** JPEG recompression, resizing or blurring (for example by a social
+  network) shrink the perturbation's effect. *Survive sharing* optimises through differentiable
+  JPEG, resizing, blur and crop shifts and helps, but does not make it immune; *Check robustness*
+  measures what is left after real JPEG 90/75/50, resizing, blur and a shifted crop, and the
+  **Verify** tab measures a copy that came back from a site. Share the lossless PNG when you can.
+- **Where it is applied.** Face models (StarGAN, GANimation) see each detected face cropped as in
+  their training data, and every face is protected; other models, and photos without a detected
+  face, use the largest centred square. The rest of the photo is left unchanged.
 - Metrics (L2 / L-inf of the perturbation, PSNR, SSIM, disruption mse / l1) are measured on the
   written PNG.
 
@@ -590,6 +711,32 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
                         with gr.Accordion("Full report (JSON)", open=False):
                             batch_report = gr.JSON(label="Report", elem_id="batch-report")
 
+            # -------------------------------------------------------------- Verify
+            with gr.Tab("Verify", id="verify"):
+                gr.Markdown(
+                    "Protected a photo and shared it? Give the original and the copy as it came back from the site "
+                    "(recompressed, resized; same framing): each model's deepfake of the copy is compared with its "
+                    "deepfake of the original shared the same way (same size, same JPEG tables)."
+                )
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        verify_original = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                                   label="Original photo (before protection)", elem_id="verify-original")
+                        verify_shared = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                                 label="Protected photo as shared", elem_id="verify-shared")
+                        photo_models = [(label, name) for label, name in handlers.model_choices()
+                                        if engine.specs[name].preprocessing != "label_map"]
+                        verify_models = gr.CheckboxGroup(photo_models, value=[], label="Models",
+                                                         info="none ticked = every photo model on this server", elem_id="verify-models")
+                        verify_button = gr.Button("Verify", variant="primary", elem_id="verify-button")
+                    with gr.Column(scale=3):
+                        verify_verdict = gr.Markdown(elem_id="verify-verdict")
+                        verify_gallery = gr.Gallery(label="Per model: deepfake of the original shared the same way | of the shared copy",
+                                                    columns=2, format="png", elem_id="verify-gallery")
+                        verify_table = gr.Dataframe(headers=VERIFY_COLUMNS, label="Per model", interactive=False, elem_id="verify-table")
+                        with gr.Accordion("Full report (JSON)", open=False):
+                            verify_report = gr.JSON(label="Report", elem_id="verify-report")
+
             # -------------------------------------------------------------- Models
             with gr.Tab("Models", id="models"):
                 models_table = gr.Dataframe(headers=MODEL_COLUMNS, label="Models", interactive=False, wrap=True, max_height=720,
@@ -627,6 +774,12 @@ def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
             outputs=[gallery, batch_zip, batch_report],
             api_name="protect_batch", preprocess=False, **engine_events,
         ).success(report_rows, inputs=batch_report, outputs=batch_table, **private)
+        verify_button.click(
+            handlers.verify,
+            inputs=[verify_original, verify_shared, verify_models],
+            outputs=[verify_gallery, verify_report],
+            api_name="verify", preprocess=False, **engine_events,
+        ).success(verify_rows, inputs=verify_report, outputs=[verify_verdict, verify_table], **private)
         refresh_button.click(handlers.models, outputs=models_json, api_name="models").success(
             handlers.render_models, inputs=models_json, outputs=[models_table, *dropdowns], show_progress="hidden", **private
         )

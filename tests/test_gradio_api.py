@@ -74,13 +74,16 @@ def assert_report(metrics: dict, epsilon: float = EPSILON) -> None:
     assert metrics["perturbation"]["linf_255"] <= math.floor(epsilon * 127.5)
 
 
-def test_the_api_page_lists_exactly_the_three_endpoints_in_the_fixed_order(served):
+def test_the_api_page_lists_exactly_the_endpoints_in_the_fixed_order(served):
     info = served.client.view_api(print_info=False, return_format="dict")
     endpoints = info["named_endpoints"]
-    assert set(endpoints) == {"/protect", "/protect_batch", "/models"}
-    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]][:6] == ["image", "model", "attack", "epsilon", "iterations", "step_size"]
-    assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]][:6] == ["images", "model", "attack", "epsilon", "iterations", "step_size"]
+    assert set(endpoints) == {"/protect", "/protect_batch", "/verify", "/models"}
+    options = ["model", "attack", "epsilon", "iterations", "step_size", "seed", "targets", "detect_faces", "robust", "check_robustness", "ssim_floor"]
+    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options]
+    assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]] == ["images", *options]
+    assert [p["parameter_name"] for p in endpoints["/verify"]["parameters"]] == ["original", "shared", "models"]
     assert len(endpoints["/protect"]["returns"]) == 4 and len(endpoints["/protect_batch"]["returns"]) == 3
+    assert len(endpoints["/verify"]["returns"]) == 2
     assert endpoints["/models"]["parameters"] == []
 
 
@@ -115,6 +118,33 @@ def test_protect_defaults_and_targets_of_a_conditional_model(served, tmp_path):
     assert_report(everything, epsilon=0.03)
     *_, one = served.client.predict(handle_file(str(source)), "tiny-stargan", "fgsm", EPSILON, 1, 0.01, 7, ["Male"], api_name="/protect")
     assert one["targets"] == ["Male"] and list(one["disruption"]["per_target"]) == ["Male"]
+
+
+def test_protect_options_added_after_the_fixed_ones(served, tmp_path):
+    source = photo_file(tmp_path / "p.png", 40, 40, seed=3)
+    *_, metrics = served.client.predict(
+        handle_file(str(source)), "tiny-cyclegan", "pgd", "high", 2, 0.01, 0, [], False, "eot", True, 0.999, api_name="/protect"
+    )
+    assert (metrics["epsilon"], metrics["strength"], metrics["robust"]) == (0.1, "high", "eot")
+    assert metrics["perturbation"]["ssim"] >= 0.999 and metrics["perceptual"]["ssim_floor"] == 0.999
+    assert set(metrics["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
+    assert all(set(v) >= {"mse", "disrupted"} for v in metrics["robustness"].values())
+    assert metrics["faces"] == [] and metrics["crop"] == "centre"
+    assert "robust must be one of" in _error_of(served, handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, 0, [], True, "magic")
+
+
+def test_verify_shows_each_model_side_by_side(served, tmp_path):
+    source = photo_file(tmp_path / "me.png", 40, 40, seed=4)
+    protected, *_ = served.client.predict(handle_file(str(source)), "tiny-cyclegan", "pgd", 0.1, 3, 0.02, 0, [], api_name="/protect")
+    Image.open(protected).convert("RGB").save(tmp_path / "shared.jpg", quality=80)
+    gallery, report = served.client.predict(handle_file(str(source)), handle_file(str(tmp_path / "shared.jpg")), ["tiny-cyclegan", "tiny-stargan"],
+                                            api_name="/verify")
+    assert [m["model"] for m in report["models"]] == ["tiny-cyclegan", "tiny-stargan"]
+    assert report["shared"]["jpeg_quality"] == 80 and report["shared"]["name"] == "shared.jpg"
+    assert len(gallery) == 4 and all(Image.open(entry["image"]).size == (32, 32) for entry in gallery)
+    assert gallery[1]["caption"].startswith(f"tiny-cyclegan: deepfake of the shared copy (mse {report['models'][0]['mse']:.3f}")
+    assert "does not have the framing" in _error_of(served, handle_file(str(source)), handle_file(str(photo_file(tmp_path / "c.png", 40, 20))), [],
+                                                    api_name="/verify")
 
 
 @pytest.mark.heavy
