@@ -60,6 +60,7 @@ from server.schemas import (
     ProtectImageRequest,
     ProtectImageResponse,
     ProtectOptions,
+    VerifyRequest,
 )
 from server.settings import Settings
 
@@ -358,6 +359,10 @@ class ProtectService:
             step_size=params.step_size,
             seed=params.seed,
             targets=params.targets,
+            detect_faces=params.detect_faces,
+            robust=None if params.robust == "off" else params.robust,
+            check_robustness=params.check_robustness,
+            ssim_floor=params.ssim_floor,
             allow_download=False,
         )
         observability.record_attack(result.metrics["seconds"], model, attack, engine=self.engine)
@@ -371,6 +376,20 @@ class ProtectService:
             "deepfake_protected": deepfakes[1],
             "metrics": jsonable(metrics),
         }
+
+    def verify(self, body: VerifyRequest) -> dict[str, Any]:
+        """Decode both photos, check the models are here, compare (see deepshield.verify)."""
+        names = [self.resolve_model(m) for m in body.models] if body.models else None
+        for name in names or []:
+            self.ensure_ready(name)
+        original = decode_image(body.original, self.settings, "original")
+        shared = decode_image(body.shared, self.settings, "shared")
+        result = self.engine.verify(original, shared, models=names, allow_download=False)
+        report = result.report()
+        if body.return_deepfakes:
+            for entry, check in zip(report["models"], result.checks):
+                entry["deepfake_baseline"], entry["deepfake_shared"] = _png_b64(check.deepfake_baseline), _png_b64(check.deepfake_shared)
+        return jsonable(report)
 
     def process_batch_item(self, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
         """One batch image -> {"filename", "status": "ok", ...result} or {"status": "error", ...}.
@@ -476,6 +495,13 @@ def create_router(engine: Engine, settings: Settings) -> APIRouter:
         except JobQueueFullError as error:
             raise ApiError(503, "server_busy", str(error), {"Retry-After": str(BUSY_RETRY_AFTER * 6)}) from None
         return {"task_id": task_id, "status": "queued", "total": len(body.images), "status_url": f"{PREFIX}/protect/status/{task_id}"}
+
+    @router.post(f"{PREFIX}/verify", responses=errors(400, 404, 409, 413, 422, 429, 503), tags=["protect"], summary="Is a shared copy still protected?")
+    async def verify(body: VerifyRequest) -> dict[str, Any]:
+        """Compares each model's deepfake of the shared copy with its deepfake of the original shared
+        the same way (the shared size and JPEG tables): `models[].mse`, `disrupted`, and `protected`
+        when every model is still disrupted."""
+        return await run_in_threadpool(service.verify, body)
 
     @router.get(f"{PREFIX}/protect/status/{{task_id}}", responses=errors(404), tags=["protect"], summary="Batch job status and results")
     async def protect_status(task_id: str) -> dict[str, Any]:

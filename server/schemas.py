@@ -6,13 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deepshield.attacks import EPSILON_RANGE, MAX_ITERATIONS
+from deepshield.attacks import EPSILON_RANGE, MAX_ITERATIONS, STRENGTHS
 
 EPSILON_MIN, EPSILON_MAX = EPSILON_RANGE
 STEP_SIZE_MAX = 2 * EPSILON_MAX  # what deepshield.attacks accepts
 SEED_MAX = 2**31 - 1
 
 AttackMethod = Literal["fgsm", "ifgsm", "pgd"]
+Strength = Literal["low", "medium", "high"]
+RobustMode = Literal["off", "eot", "spread-spectrum"]
+PRESETS_TEXT = ", ".join(f"{n} = {e:g} ({e * 127.5:.2f}/255)" for n, e in STRENGTHS.items())
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 RANDOM_START_RULE = (
@@ -49,6 +52,29 @@ class AttackParams(BaseModel):
         min_length=1,
         description="Target labels of a conditional model (e.g. StarGAN's Black_Hair, Male); all labels, attacked jointly, when left out. Unconditional models take none.",
     )
+    strength: Strength | None = Field(None, description=f"A budget preset instead of epsilon: {PRESETS_TEXT}. Give one of strength or epsilon.")
+    detect_faces: bool = Field(
+        True, description="Face models (StarGAN, GANimation): protect every detected face, cropped as in the model's training data. False: the centred square."
+    )
+    robust: RobustMode = Field(
+        "off",
+        description="`eot` optimises through differentiable JPEG, resizing, blur and crop shifts so the protection survives sharing; "
+        "`spread-spectrum` cycles blurs (the paper's defence against blurring). Same budget; slower.",
+    )
+    check_robustness: bool = Field(
+        False, description="Add `robustness` to the report: the disruption after real JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop."
+    )
+    ssim_floor: float | None = Field(
+        None, gt=0, lt=1, description="Perceptual mode: scale the perturbation down until the photo's SSIM is at least this (e.g. 0.95)."
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> AttackParams:
+        if self.strength is not None:
+            if "epsilon" in self.model_fields_set:
+                raise ValueError("give epsilon or strength, not both")
+            self.epsilon = STRENGTHS[self.strength]
+        return self
 
 
 class ProtectOptions(BaseModel):
@@ -148,6 +174,19 @@ class BatchAccepted(BaseModel):
     status: str = Field(..., description="`queued` at first; then running, completed or failed.")
     total: int = Field(..., description="Number of photos in the job.")
     status_url: str = Field(..., description="Where to poll.")
+
+
+class VerifyRequest(BaseModel):
+    """A photo before protection and the protected photo as it came back from sharing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    original: str = Field(..., min_length=1, description="The photo before protection, base64 or a data URL.")
+    shared: str = Field(
+        ..., min_length=1, description="The protected photo as shared (recompressed, resized; same framing), base64 or a data URL, as the site served it."
+    )
+    models: list[str] | None = Field(None, min_length=1, description="Models to check; every photo model on the server when left out.")
+    return_deepfakes: bool = Field(True, description="Return each model's two deepfakes (PNG, base64) to compare side by side.")
 
 
 class ErrorResponse(BaseModel):

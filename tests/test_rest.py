@@ -218,6 +218,42 @@ def test_data_url_architecture_alias_and_targets(serve):
     assert_error(protect(served, model_type="stargan", attack_params={"targets": ["Bald"]}), 422, "invalid_parameter")
 
 
+def test_issue4_options_strength_faces_robust_report_and_ssim_floor(serve):
+    served = serve()
+    params = {"iterations": 2, "seed": 0, "strength": "high", "detect_faces": False, "robust": "eot", "check_robustness": True, "ssim_floor": 0.999}
+    metrics = protect(served, attack_params=params).json()["metrics"]
+    assert (metrics["epsilon"], metrics["strength"], metrics["robust"]) == (0.1, "high", "eot")
+    assert list(metrics["robustness"]) == ["jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"]
+    assert all(isinstance(v["mse"], float) and isinstance(v["disrupted"], bool) for v in metrics["robustness"].values())
+    assert metrics["perturbation"]["ssim"] >= 0.999 and metrics["perceptual"]["ssim_floor"] == 0.999
+    assert metrics["faces"] == [] and metrics["crop"] == "centre"
+    both = protect(served, attack_params={"epsilon": 0.05, "strength": "low"})
+    assert "not both" in assert_error(both, 422, "invalid_request")["message"]
+    assert_error(protect(served, attack_params={"robust": "magic"}), 422, "invalid_request")
+    assert_error(protect(served, attack_params={"ssim_floor": 1.2}), 422, "invalid_request")
+
+
+def test_verify_compares_the_shared_copy_per_model(serve):
+    served = serve()
+    source = png(40, 40, seed=6)
+    body = protect(served, b64(source), attack_params={"iterations": 3, "seed": 0, "epsilon": 0.1}).json()
+    buffer = io.BytesIO()
+    unb64(body["protected_image"]).convert("RGB").resize((30, 30)).save(buffer, format="JPEG", quality=85)
+    response = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(buffer.getvalue()), "models": ["tiny-cyclegan"]})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["shared"]["width"], report["shared"]["jpeg_quality"], report["scale"]) == (30, 85, 0.75)
+    (entry,) = report["models"]
+    assert entry["model"] == "tiny-cyclegan" and report["protected"] is entry["disrupted"]
+    assert unb64(entry["deepfake_baseline"]).size == unb64(entry["deepfake_shared"]).size == (32, 32)
+    cropped = io.BytesIO()
+    Image.open(io.BytesIO(source)).crop((0, 0, 40, 20)).save(cropped, format="PNG")
+    refused = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(cropped.getvalue())})
+    assert "framing" in assert_error(refused, 400, "invalid_image")["message"]
+    assert_error(served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(source), "models": ["nope"]}), 404, "unknown_model")
+    assert_error(served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(source), "models": ["tiny-hub"]}), 409, "model_not_ready")
+
+
 @pytest.mark.parametrize(
     ("method", "random_start", "ran"),
     [("ifgsm", True, "pgd"), ("pgd", False, "ifgsm"), ("ifgsm", None, "ifgsm"), ("I-FGSM", None, "ifgsm"), ("fgsm", False, "fgsm")],
