@@ -102,6 +102,7 @@ def test_protect_a_photo_in_the_browser(browser, app_url, tmp_path):
     page.get_by_role("option", name=re.compile(r"^cyclegan-vintage \(")).click()
     expect(page.locator("#protect-model input")).to_have_value(re.compile(r"^cyclegan-vintage"))
 
+    page.locator("#protect-check-robustness input").check()
     page.locator("#protect-advanced").get_by_text("Advanced").click()
     set_slider(page, "#protect-iterations", 2)
 
@@ -115,6 +116,8 @@ def test_protect_a_photo_in_the_browser(browser, app_url, tmp_path):
     expect(page.locator("#protected-download a").first).to_have_attribute("href", re.compile(r"/synthetic-portrait\.protected\.png$"), timeout=30_000)
     fail_on_error_toast(page)
     assert re.search(r"iterations / step size\s+2 / 0\.0100", table.inner_text())
+    for label in ("JPEG 90", "JPEG 75", "JPEG 50", "resize to 1/2 and back", "Gaussian blur 1 px", "crop shifted 4 px"):
+        assert re.search(rf"after {re.escape(label)}: mse\s+0\.\d{{4}} \((NOT )?disrupted\)", table.inner_text()), label
 
     screenshot = tmp_path / "protect-tab.png"
     page.screenshot(path=str(screenshot), full_page=True)
@@ -142,3 +145,23 @@ def test_the_example_fills_the_photo_and_the_offline_model(browser, app_url):
     page.get_by_role("option", name=re.compile(r"^stargan-celeba-128 \(")).click()
     expect(page.locator("#protect-targets")).to_be_visible()
     expect(page.locator("#protect-targets")).to_contain_text("Blond_Hair")
+
+
+def test_verify_a_shared_copy_in_the_browser(browser, app_url, tmp_path):
+    shared = tmp_path / "from-the-site.jpg"
+    with Image.open(EXAMPLE) as image:
+        image.convert("RGB").resize((image.width // 2, image.height // 2)).save(shared, quality=70)  # never protected
+    page = open_app(browser, app_url)
+    page.get_by_role("tab", name="Verify").click()
+    page.locator("#verify-original input[type=file]").set_input_files(str(EXAMPLE))
+    page.locator("#verify-shared input[type=file]").set_input_files(str(shared))
+    expect(page.locator("#verify-shared img").first).to_be_visible(timeout=30_000)
+    page.locator("#verify-button").click()
+    verdict = page.locator("#verify-verdict")
+    expect(verdict).to_contain_text("Protection lost against: cyclegan-vintage", timeout=RESULT_TIMEOUT_MS)
+    expect(verdict).to_contain_text("JPEG quality about 70")
+    fail_on_error_toast(page)
+    expect(page.locator("#verify-gallery img")).to_have_count(2, timeout=30_000)
+    expect(page.locator("#verify-table")).to_contain_text("cyclegan-vintage")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "verify-tab.png"), full_page=True)
