@@ -19,6 +19,7 @@ from deepshield.errors import (
     UnknownModelError,
     WeightsError,
 )
+from deepshield.verify import VerifyResult
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,7 @@ def protect(
     image: ImageInput,
     model: str | Sequence[str] = "cyclegan-vintage",
     attack: str = "pgd",
-    epsilon: float = 0.05,
+    epsilon: float | str = 0.05,
     iterations: int = 10,
     step_size: float = 0.01,
     seed: int | None = None,
@@ -37,7 +38,9 @@ def protect(
     **options: Any,
 ) -> ProtectionResult:
     """Protect one photo (path, bytes or PIL image). Returns `.protected`, `.deepfake_original`,
-    `.deepfake_protected` (PIL images) and `.metrics` (the CLI report fields)."""
+    `.deepfake_protected` (PIL images) and `.metrics` (the CLI report fields). `epsilon` may be a
+    strength preset (low / medium / high); further options as `Engine.protect_batch`:
+    detect_faces, robust ("eot" | "spread-spectrum"), check_robustness, ssim_floor, ..."""
     return default_engine().protect(
         image,
         model=model,
@@ -60,6 +63,13 @@ def protect_batch(images: Sequence[ImageInput], **options: Any) -> list[Protecti
     return default_engine().protect_batch(images, **options)
 
 
+def verify(original: ImageInput, shared: str | bytes, models: Sequence[str] | None = None, **options: Any) -> VerifyResult:
+    """Is `shared` (a protected photo after sharing) still protected? Per model (default: every
+    photo model whose weights are here): `.checks[i].mse`, `.disrupted`, the deepfake pair;
+    `.report()` is what `python -m deepshield verify --json` prints."""
+    return default_engine().verify(original, shared, models=models, **options)
+
+
 def list_models() -> list[dict[str, Any]]:
     """Every manifest entry with its status, as `python -m deepshield models --json` prints."""
     return default_engine().list_models()
@@ -73,8 +83,10 @@ __all__ = [
     "ProtectionResult",
     "ServerBusyError",
     "UnknownModelError",
+    "VerifyResult",
     "WeightsError",
     "list_models",
     "protect",
     "protect_batch",
+    "verify",
 ]
