@@ -423,8 +423,8 @@ class Engine:
         `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
         is False; other models, and photos without a face, use the largest centred square.
-        `robust`: "eot" optimises the loss over random differentiable JPEG / resize / blur /
-        shift transformations, "spread-spectrum" cycles blurs (the paper's variant against
+        `robust`: "eot" optimises the loss through differentiable JPEG 75 / 50 and down/up-scaling,
+        one per iteration in a cycle (`transforms.sharing_transforms`); "spread-spectrum" cycles blurs (the paper's variant against
         blur); `check_robustness` adds `robustness` to the report: the disruption after real
         JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop. `ssim_floor`
         (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
@@ -559,7 +559,7 @@ class Engine:
             references = ensemble.all_deepfakes(jobs, regions)
         objective = ensemble.objective(jobs, references)
         if robust == "eot":
-            objective = transforms.eot_objective(objective, transforms.default_eot(), seed=seed)
+            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seed)
         elif robust == "spread-spectrum":
             objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seed)
         adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)

@@ -444,6 +444,12 @@ def attack_methods() -> dict[str, Any]:
     return {
         "default": "pgd",
         "random_start_rule": RANDOM_START_RULE,
+        "strengths": {name: {"epsilon": e, "epsilon_255": round(e * 127.5, 2)} for name, e in attacks.STRENGTHS.items()},
+        "robust": {
+            "off": "the plain attack (default)",
+            "eot": "optimises through differentiable JPEG 75 / 50 and down/up-scaling, one per iteration, so the protection survives sharing",
+            "spread-spectrum": "cycles Gaussian and box blurs of several sizes (the paper's defence against blurring)",
+        },
         "methods": [
             {
                 "name": "fgsm",

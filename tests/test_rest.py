@@ -487,6 +487,8 @@ def test_attack_methods_config(serve):
     assert methods["ifgsm"]["parameters"]["iterations"] == {"min": 1, "max": attacks.MAX_ITERATIONS, "default": 10}
     assert methods["pgd"]["random_start"] and not methods["ifgsm"]["random_start"]
     assert all(m["description"] for m in methods.values())
+    assert config["strengths"]["low"] == {"epsilon": 0.02, "epsilon_255": 2.55}
+    assert set(config["robust"]) == {"off", "eot", "spread-spectrum"}
 
 
 def test_health_reports_version_device_queue_limits_and_uptime(serve):

@@ -32,9 +32,8 @@ RANDOM_TRANSFORMS = {
     "resize": T.RandomResize((0.5, 0.9)),
     "blur": T.RandomGaussianBlur((0.5, 1.5)),
     "shift": T.RandomShift(0.03),
-    "identity": T.Identity(),
     "box": T.BoxBlur(5),
-    "mixture": T.default_eot(),
+    "sharing": T.sharing_transforms(3),
 }
 
 
@@ -73,18 +72,6 @@ def test_randomness_is_per_sample():
     for transform in (T.DiffJPEG((20, 95)), T.RandomResize(), T.RandomGaussianBlur(), T.RandomShift()):
         out = transform(x, torch.Generator().manual_seed(3))
         assert len({tuple(o.flatten()[:200].tolist()) for o in out}) > 1, transform
-
-
-def test_random_transform_mixes_per_sample_and_respects_probabilities():
-    mixture = T.RandomTransform([T.Identity(), T.GaussianBlur(1.0)], [0.5, 0.5])
-    x = batch(1, 3, 24, 24).repeat(16, 1, 1, 1)
-    out = mixture(x, torch.Generator().manual_seed(0))
-    untouched = [(o == x[0]).all().item() for o in out]
-    assert 0 < sum(untouched) < len(untouched)
-    only_blur = T.RandomTransform([T.Identity(), T.GaussianBlur(1.0)], [0.0, 1.0])
-    assert not any((o == x[0]).all() for o in only_blur(x, torch.Generator().manual_seed(0)))
-    with pytest.raises(ValueError):
-        T.RandomTransform([T.Identity()], [0.5, 0.5])
 
 
 def test_quantization_tables_follow_ijg_scaling():
@@ -172,7 +159,7 @@ def test_spread_spectrum_schedule_cycles_through_distinct_blurs():
     assert all(not torch.allclose(a, b) for i, a in enumerate(outputs) for b in outputs[i + 1 :])
 
 
-def test_scheduled_and_eot_objectives_feed_the_attack_core():
+def test_scheduled_objective_feeds_the_attack_core():
     seen: list[str] = []
 
     def schedule(step: int) -> T.Transform:
@@ -188,10 +175,18 @@ def test_scheduled_and_eot_objectives_feed_the_attack_core():
     adversarial = attacks.linf_attack(T.scheduled_objective(objective, schedule), x, config, seed=0)
     assert seen == [repr(T.spread_spectrum_blurs(i)) for i in range(4)]
     assert (adversarial[0] - x[0]).abs().max() <= 0.05 + 1e-6
-    eot = T.eot_objective(objective, T.default_eot(), samples=2, seed=1)
-    assert eot(x).shape == (1,)
-    adversarial = attacks.linf_attack(eot, x, config, seed=0)
+    robust = T.scheduled_objective(objective, T.sharing_transforms, seed=1)
+    assert robust(x).shape == (1,)
+    adversarial = attacks.linf_attack(robust, x, config, seed=0)
     assert objective(adversarial) > objective(x)
+
+
+def test_the_sharing_cycle_is_mostly_jpeg_and_repeats():
+    cycle = [T.sharing_transforms(step) for step in range(len(T.SHARING_TRANSFORMS))]
+    jpegs = [t for t in cycle if isinstance(t, T.DiffJPEG)]
+    assert len(jpegs) >= len(cycle) / 2 and {t.quality for t in jpegs} >= {(75, 75), (50, 50)}
+    assert any(isinstance(t, T.RandomResize) for t in cycle)
+    assert T.sharing_transforms(len(cycle)) is cycle[0]
 
 
 # ----------------------------------------------------------------------------- robustness report
