@@ -423,9 +423,9 @@ class Engine:
         `batch_size` at a time; `seed` (random if None, reported) makes a run reproducible.
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
         is False; other models, and photos without a face, use the largest centred square.
-        `robust`: "eot" optimises the loss through differentiable JPEG 75 / 50 and down/up-scaling,
-        one per iteration in a cycle (`transforms.sharing_transforms`); "spread-spectrum" cycles blurs (the paper's variant against
-        blur); `check_robustness` adds `robustness` to the report: the disruption after real
+        `robust`: "eot" optimises the loss through differentiable sharing transformations, one
+        per iteration in a cycle (`transforms.sharing_transforms`); "spread-spectrum" cycles
+        blurs (the paper's variant against blur); `check_robustness` adds `robustness` to the report: the disruption after real
         JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop. `ssim_floor`
         (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
         """
@@ -508,12 +508,13 @@ class Engine:
                 deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
                 (boxes,), found = _squares(baseline, [model], detect_faces)
                 outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
-                mse = float(np.mean([metrics.disruption_metrics(fake, ref)["mse"] for _, ref, fake in outputs]))
+                against_baseline = [metrics.disruption_metrics(fake, ref) for _, ref, fake in outputs]
+                mse = float(np.mean([m["mse"] for m in against_baseline]))
                 checks.append(
                     verification.ModelCheck(
                         model=model.spec.name,
                         mse=mse,
-                        l1=float(np.mean([metrics.disruption_metrics(fake, ref)["l1"] for _, ref, fake in outputs])),
+                        l1=float(np.mean([m["l1"] for m in against_baseline])),
                         disrupted=mse > metrics.DISRUPTION_THRESHOLD,
                         mse_vs_clean=float(np.mean([metrics.disruption_metrics(fake, clean)["mse"] for clean, _, fake in outputs])),
                         faces=[{"box": f.as_list()} for f in found],
