@@ -447,7 +447,7 @@ def attack_methods() -> dict[str, Any]:
         "strengths": {name: {"epsilon": e, "epsilon_255": round(e * 127.5, 2)} for name, e in attacks.STRENGTHS.items()},
         "robust": {
             "off": "the plain attack (default)",
-            "eot": "optimises through differentiable JPEG 75 / 50 and down/up-scaling, one per iteration, so the protection survives sharing",
+            "eot": "optimises through differentiable JPEG (75, and random qualities), down/up-scaling, blur and crop shifts, one per iteration, so the protection survives sharing",
             "spread-spectrum": "cycles Gaussian and box blurs of several sizes (the paper's defence against blurring)",
         },
         "methods": [
