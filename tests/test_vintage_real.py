@@ -61,13 +61,15 @@ def test_cli_protect_on_a_real_photo_writes_a_png_within_budget(tmp_path):
 
 
 def test_the_robust_attack_beats_the_plain_one_after_real_jpeg_75(engine):
-    """Same photos, budget (2.55/255), iterations and seeds: after a real PIL JPEG 75 round trip
-    the robust attack's protection is measurably stronger, photo by photo and on average."""
-    photos = faces()[:3]
+    """Same photos (the first three CelebA-size crops of faces-dev, for speed), budget (2.55/255),
+    iterations and seeds: after a real PIL JPEG 75 round trip, the robust attack's perturbation
+    still moves the deepfake measurably more, on every photo."""
+    photos = [p for p in faces() if Image.open(p).size == (178, 218)][:3]
+    assert len(photos) == 3
     options = {"model": "cyclegan-vintage", "attack": "pgd", "epsilon": 0.02, "iterations": 10, "step_size": 0.004, "seed": 0,
                "batch_size": 3, "check_robustness": True}
-    plain = [r.metrics["robustness"]["jpeg75"]["mse"] for r in engine.protect_batch(photos, **options)]
-    robust = [r.metrics["robustness"]["jpeg75"]["mse"] for r in engine.protect_batch(photos, robust="eot", **options)]
+    plain = np.array([r.metrics["robustness"]["jpeg75"]["mse"] for r in engine.protect_batch(photos, **options)])
+    robust = np.array([r.metrics["robustness"]["jpeg75"]["mse"] for r in engine.protect_batch(photos, robust="eot", **options)])
     print("jpeg75 mse plain", plain, "robust", robust)
-    assert sum(r > p for r, p in zip(robust, plain)) >= 2
-    assert np.mean(robust) > 1.3 * np.mean(plain)
+    assert (robust > 1.1 * plain).all()
+    assert np.exp(np.mean(np.log(robust / plain))) > 1.3  # geometric mean of the gains
