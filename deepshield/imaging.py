@@ -131,6 +131,8 @@ def _from_pil(image: Image.Image, label: str) -> Photo:
 
 def to_tensor(rgb: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
+    if not rgb.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
+        rgb = rgb.copy()
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
 
 

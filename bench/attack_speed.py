@@ -1,0 +1,336 @@
+"""Attack speed: the original algorithm's loop against deepshield's engine, side by side.
+
+    python bench/attack_speed.py [--cases stargan-128,stargan-256,ganimation-128,cyclegan-256,pix2pixhd-global-512]
+        [--batches 1,8,32] [--iterations 10] [--device auto] [--markdown FILE]
+
+Same generator (the published layer shapes, random weights drawn from a fixed seed: speed does
+not depend on the weights, and the Hub is out of reach here), same photos (faces-dev crops resized
+to the model's size; random one-hot label maps for pix2pixHD), same PGD settings (epsilon 0.05,
+step 0.01). For each case and batch size, every measurement runs in its own process (clean peak
+memory):
+
+- `original`: the loop of the original implementation, written from the paper and its published
+  settings: one image and one target at a time, the model as shipped (parameters requiring
+  gradients, so every backward also computes weight gradients, zeroed each step), the random
+  start drawn with numpy.
+- `engine`: `Engine.protect_batch` per target (the same per-target perturbations as the original,
+  so disruption is comparable), all images of the batch at once; label-map models go through the
+  engine's attack core (`attacks.linf_attack` on the frozen generator), as the engine does not
+  take label maps from users.
+- `engine-joint`: conditional models only: one `protect_batch` call attacking all targets with one
+  perturbation per photo, the product's default.
+
+Columns: images per second (an image counts once all its targets are attacked), milliseconds per
+PGD iteration over the whole batch, peak memory (max RSS on CPU, max allocated on CUDA), speed-up
+over `original` at the same batch, mean disruption mse (8-bit written image vs the clean photo's
+deepfake, on [-1, 1]) with a paired check that `engine` equals `original` within noise, and the
+achieved FLOP rate (forward + backward FLOPs counted by torch's FlopCounterMode), as a fraction of
+the GPU's dense bf16 peak on a known GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from deepshield import attacks, imaging
+from deepshield.engine import Engine, pick_device
+from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
+from deepshield.models import get_architecture
+
+REPO = Path(__file__).resolve().parent.parent
+FACES = REPO.parent / "shared" / "data" / "faces-dev"
+EPSILON, STEP = 0.05, 0.01
+DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # FLOP/s, dense
+
+
+@dataclass(frozen=True)
+class Case:
+    architecture: str
+    params: dict[str, Any]
+    size: int
+    fmt: str
+    targets: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    label_map: bool = False
+
+
+def _cases() -> dict[str, Case]:
+    manifest = load_manifest()
+    stargan, ganimation = manifest["stargan-celeba-128"], manifest["ganimation-celeba"]
+    return {
+        "stargan-128": Case("stargan", dict(stargan.params), 128, "official", dict(stargan.targets)),
+        "stargan-256": Case("stargan", dict(stargan.params), 256, "official", dict(stargan.targets)),
+        "ganimation-128": Case("ganimation", dict(ganimation.params), 128, "replicate", dict(ganimation.targets)),
+        "cyclegan-256": Case("cyclegan", dict(manifest["cyclegan-vintage"].params), 256, "vintagify"),
+        # pix2pixHD's global generator as released for label2city at 512x1024 (35 labels + edges)
+        "pix2pixhd-global-512": Case(
+            "pix2pixhd-global", {"input_nc": 36, "output_nc": 3, "ngf": 64, "n_downsampling": 4, "n_blocks": 9}, 512, "official", label_map=True
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def _generator(case: Case) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return get_architecture(case.architecture).build(**case.params).eval()
+
+
+def _photos(case: Case, count: int) -> list[np.ndarray]:
+    """uint8 [s, s, 3] faces-dev centre crops resized to the model's size (cycled)."""
+    paths = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    out = []
+    for index in range(count):
+        rgb = imaging.load_photo(paths[index % len(paths)]).rgb
+        top, left, side = imaging.center_square(*rgb.shape[:2])
+        square = Image.fromarray(rgb[top : top + side, left : left + side])
+        out.append(np.asarray(square.resize((case.size, case.size), Image.Resampling.BICUBIC)))
+    return out
+
+
+def _label_maps(case: Case, count: int) -> torch.Tensor:
+    """[N, 36, s, s] one-hot label maps of random blocks in [-1, 1] (0 -> -1, 1 -> 1)."""
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, case.params["input_nc"] - 1, (count, case.size // 32, case.size // 32), generator=g)
+    labels = F.interpolate(blocks[:, None].float(), size=(case.size, case.size), mode="nearest")[:, 0].long()
+    return F.one_hot(labels, case.params["input_nc"]).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def _conditions(case: Case, device: torch.device) -> torch.Tensor | None:
+    if not case.targets:
+        return None
+    return torch.tensor(list(case.targets.values()), dtype=torch.float32, device=device)
+
+
+# ------------------------------------------------------------------------------ the two methods
+
+
+def original_loop(generator: torch.nn.Module, images: torch.Tensor, conditions: torch.Tensor | None, iterations: int, seed: int) -> torch.Tensor:
+    """The original per-image, per-target PGD. images [N, C, s, s] in [-1, 1]; returns the
+    adversarial images [N * T, C, s, s] (image-major, targets together)."""
+    np.random.seed(seed)
+    rows = [None] if conditions is None else list(conditions)
+    outputs = []
+    for x in images.split(1):
+        for c in rows:
+            c = None if c is None else c[None]
+            with torch.no_grad():
+                clean = generator(x, c)
+            x_adv = x + torch.tensor(np.random.uniform(-EPSILON, EPSILON, x.shape), dtype=x.dtype, device=x.device)
+            for _ in range(iterations):
+                x_adv.requires_grad = True
+                loss = F.mse_loss(generator(x_adv, c), clean)
+                generator.zero_grad()
+                loss.backward()
+                x_adv = x_adv + STEP * x_adv.grad.sign()
+                x_adv = torch.clamp(x + torch.clamp(x_adv - x, -EPSILON, EPSILON), -1, 1).detach_()
+            outputs.append(x_adv)
+    return torch.cat(outputs)
+
+
+def _disruption(generator: torch.nn.Module, clean: torch.Tensor, adversarial: torch.Tensor, conditions: torch.Tensor | None, rgb: bool) -> np.ndarray:
+    """Per (image, target) mse of the deepfake of the 8-bit adversarial image vs the clean one."""
+    count = 1 if conditions is None else conditions.shape[0]
+    with torch.no_grad():
+        x = clean.repeat_interleave(count, dim=0)
+        adv = adversarial
+        if rgb:  # what would be written: 8 bits, inside the budget
+            written = [imaging.quantize_within_budget(imaging.to_uint8(o), a[None].cpu(), EPSILON) for o, a in zip(x, adversarial)]
+            adv = torch.cat([imaging.to_tensor(w) for w in written]).to(x.device)
+        c = None if conditions is None else conditions.repeat(clean.shape[0], 1)
+        out = []
+        for i in range(0, x.shape[0], 8):
+            ci = None if c is None else c[i : i + 8]
+            out.append(((generator(adv[i : i + 8], ci) - generator(x[i : i + 8], ci)) ** 2).flatten(1).mean(1))
+        return torch.cat(out).cpu().numpy()
+
+
+def _engine(case_name: str, case: Case, device: torch.device, directory: Path) -> Engine:
+    """An engine whose one model is the case's generator (weights written to `directory`)."""
+    save_file({k: v.contiguous() for k, v in _generator(case).state_dict().items()}, str(directory / "g.safetensors"))
+    os.environ["DEEPSHIELD_MODELS_DIR"] = str(directory)
+    spec = ModelSpec(
+        name=case_name, architecture=case.architecture, params=MappingProxyType(case.params), image_size=case.size,
+        preprocessing="label_map" if case.label_map else "center_crop_resize",
+        weights=WeightsSource(kind="local", filename="g.safetensors", format=case.fmt), license="bench", description="bench",
+        targets=MappingProxyType(case.targets),
+    )
+    return Engine({case_name: spec}, device=str(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_one(case_name: str, method: str, batch: int, iterations: int, device: torch.device) -> dict[str, Any]:
+    """One measurement, in this process: seconds, disruption per (image, target), peak memory."""
+    case = _cases()[case_name]
+    conditions = _conditions(case, device)
+    if case.label_map:
+        clean = _label_maps(case, batch).to(device)
+    else:
+        photos = _photos(case, batch)
+        clean = torch.cat([imaging.to_tensor(p) for p in photos]).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        if method == "original":
+            generator = _generator(case).to(device)  # as shipped: parameters require gradients
+            _sync(device)
+            started = time.perf_counter()
+            adversarial = original_loop(generator, clean, conditions, iterations, seed=0)
+            _sync(device)
+            seconds = time.perf_counter() - started
+        else:
+            engine = _engine(case_name, case, device, Path(tmp))
+            model = engine.load(case_name)
+            generator = model.generator
+            config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
+            _sync(device)
+            started = time.perf_counter()
+            if case.label_map:
+                with torch.no_grad():
+                    reference = generator(clean)
+                adversarial = attacks.linf_attack(lambda xs: attacks.output_distance(generator(xs[0]), reference), [clean], config, seed=0)[0]
+            elif method == "engine-joint" or conditions is None:
+                results = engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
+                                               seed=0, batch_size=batch, detect_faces=False)
+                adversarial = torch.cat([imaging.to_tensor(r.protected_rgb) for r in results]).to(device)
+            else:
+                per_target = [
+                    engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
+                                         seed=0, batch_size=batch, targets=[label], detect_faces=False)
+                    for label in case.targets
+                ]
+                adversarial = torch.stack([torch.cat([imaging.to_tensor(r.protected_rgb) for r in rs]) for rs in per_target], dim=1)
+                adversarial = adversarial.flatten(0, 1).to(device)  # image-major, targets together
+            _sync(device)
+            seconds = time.perf_counter() - started
+        if method == "engine-joint" and conditions is not None:  # one image serves every target
+            adversarial = adversarial.repeat_interleave(conditions.shape[0], dim=0)
+        disruption = _disruption(_generator(case).to(device), clean, adversarial, conditions, rgb=not case.label_map)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"case": case_name, "method": method, "batch": batch, "seconds": seconds, "disruption": disruption.tolist(), "peak_bytes": peak}
+
+
+def flops_per_step(case_name: str, device: torch.device) -> float:
+    """Forward + backward FLOPs of one PGD step for one (image, target)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    case = _cases()[case_name]
+    generator = _generator(case).to(device)
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    channels = case.params["input_nc"] if case.label_map else 3
+    x = torch.zeros(1, channels, case.size, case.size, device=device, requires_grad=True)
+    conditions = _conditions(case, device)
+    c = None if conditions is None else conditions[:1]
+    with FlopCounterMode(display=False) as counter:
+        generator(x, c).square().mean().backward()
+    return float(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def _measure(case: str, method: str, batch: int, iterations: int, device: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one", f"{case}:{method}:{batch}", "--iterations", str(iterations), "--device", device]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case} {method} batch {batch} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _paired_equal(a: np.ndarray, b: np.ndarray) -> str:
+    """'yes' when the mean disruptions agree within noise: |mean difference| <= 2 standard
+    errors of the paired differences, or within 10% of the original's mean."""
+    diff = b - a
+    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("inf")
+    close = abs(diff.mean()) <= max(2 * se, 0.10 * abs(a.mean()))
+    return "yes" if close else ("no: engine stronger" if diff.mean() > 0 else "NO: engine weaker")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(_cases()))
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", default="original,engine,engine-joint")
+    parser.add_argument("--markdown", help="also append the table to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    if args.one:
+        case, method, batch = args.one.split(":")
+        print(json.dumps(run_one(case, method, int(batch), args.iterations, device)))
+        return 0
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak_rate = next((v for k, v in DENSE_BF16_PEAK.items() if gpu and k in gpu), None)
+    lines = [
+        (f"machine: {gpu or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+         f"({torch.get_num_threads()} threads), device {device.type}, PGD {args.iterations} iterations, epsilon {EPSILON}, step {STEP}"),
+        "",
+        ("| case | batch | method | images/s | ms / iteration | peak memory (MiB) | speed-up | mean disruption mse | same as original "
+         "| achieved GFLOP/s" + (" | of bf16 peak" if peak_rate else "") + " |"),
+        "|---" * (11 if peak_rate else 10) + "|",
+    ]
+    print("\n".join(lines), flush=True)
+    for case_name in args.cases.split(","):
+        case = _cases()[case_name]
+        flops = flops_per_step(case_name, device)
+        targets = max(1, len(case.targets))
+        for batch in (int(b) for b in args.batches.split(",")):
+            baseline: dict[str, Any] | None = None
+            for method in args.methods.split(","):
+                if method == "engine-joint" and not case.targets:
+                    continue
+                row = _measure(case_name, method, batch, args.iterations, args.device)
+                disruption = np.array(row["disruption"])
+                if method == "original":
+                    baseline = row
+                speedup = f"{baseline['seconds'] / row['seconds']:.2f}x" if baseline else "-"
+                same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method == "engine" else "-"
+                work = 1 if method == "engine-joint" else targets  # (image, target) pairs attacked per image
+                rate = flops * batch * work * args.iterations / row["seconds"]
+                cells = [
+                    case_name, str(batch), method, f"{batch / row['seconds']:.3f}", f"{1000 * row['seconds'] / args.iterations:.0f}",
+                    f"{row['peak_bytes'] / 2**20:.0f}", speedup, f"{disruption.mean():.4f}", same, f"{rate / 1e9:.1f}",
+                ]
+                if peak_rate:
+                    cells.append(f"{rate / peak_rate:.1%}")
+                line = "| " + " | ".join(cells) + " |"
+                lines.append(line)
+                print(line, flush=True)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
