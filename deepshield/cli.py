@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--target", action="append", dest="targets", metavar="LABEL", help="target label (repeatable; default all)")
     protect.add_argument("--weights", help="use this checkpoint for the model (any supported layout)")
     protect.add_argument("--image-size", type=int, help="override the model resolution")
-    protect.add_argument("--batch-size", type=int, default=4, help="images attacked together (default 4)")
+    protect.add_argument("--batch-size", type=int, help="images attacked together (default: what suits the device)")
+    protect.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                         help="attack passes in bf16 (auto: on CUDA GPUs; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
     protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum"],
                          help="optimise over random JPEG/resize/blur/shift (eot, the default) or cycled blurs (spread-spectrum)")
     protect.add_argument("--check-robustness", action="store_true",
@@ -102,14 +104,15 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _protect(args: argparse.Namespace) -> None:
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, precision=args.precision)
     outputs = _output_paths(args)
+    step = args.batch_size or 8  # photos per call, so results are written as they come
     show_bar = len(args.inputs) > 1 or args.iterations >= 20
     bar = tqdm(total=len(args.inputs), unit="img", desc="protecting", disable=not show_bar, file=sys.stderr)
     reports: list[dict[str, Any]] = []
     try:
-        for start in range(0, len(args.inputs), args.batch_size):
-            chunk = args.inputs[start : start + args.batch_size]
+        for start in range(0, len(args.inputs), step):
+            chunk = args.inputs[start : start + step]
             results = engine.protect_batch(
                 chunk,
                 model=args.model,

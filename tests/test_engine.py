@@ -233,3 +233,36 @@ def test_robustness_report_has_every_transformation(engine):
         assert math.isfinite(entry["mse"]) and entry["mse"] >= 0
         assert entry["disrupted"] == (entry["mse"] > 0.05)
     assert "robustness" not in engine.protect(photo(64, 64), model="tiny-stargan", iterations=1, seed=0).metrics
+
+
+def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, monkeypatch):
+    from deepshield.engine import pick_precision
+
+    cpu = torch.device("cpu")
+    assert pick_precision(cpu, "fp32") is None and pick_precision(cpu, "bf16") is torch.bfloat16
+    assert pick_precision(cpu, "auto") is None  # bf16 by default only on CUDA
+    monkeypatch.setenv("DEEPSHIELD_PRECISION", "bf16")
+    assert pick_precision(cpu) is torch.bfloat16
+    with pytest.raises(InvalidParameterError, match="precision must be one of auto, fp32, bf16"):
+        pick_precision(cpu, "fp8")
+    half = Engine(engine.specs, device="cpu", precision="bf16")
+    image = photo(32, 32, seed=11)
+    result = half.protect(image, model="tiny-stargan", iterations=3, seed=0)
+    full = engine.protect(image, model="tiny-stargan", iterations=3, seed=0)
+    assert (result.metrics["precision"], full.metrics["precision"]) == ("bf16", "fp32")
+    assert np.abs(result.protected_rgb.astype(int) - np.asarray(image, dtype=int)).max() <= math.floor(0.05 * 127.5)
+    assert not np.array_equal(result.protected_rgb, full.protected_rgb)  # the passes really ran in bf16
+    assert result.metrics["disruption"]["mse"] > 0
+
+
+def test_cpu_passes_are_sized_for_the_caches(engine):
+    sizes = []
+    images = [photo(32, 32, seed=s) for s in range(5)]
+    engine.protect_batch(images, model="tiny-stargan", iterations=1, seed=0, on_step=lambda s, t, loss: sizes.append(loss.shape[0]))
+    assert sizes == [5]  # 5 photos x 3 targets of 32 px fit one pass
+    sizes.clear()
+    engine.protect_batch(images, model="tiny-cyclegan", image_size=256, iterations=1, seed=0, on_step=lambda s, t, loss: sizes.append(loss.shape[0]))
+    assert sizes == [2, 2, 1]  # 256 px samples: two per pass (8 x 128 x 128 pixels)
+    sizes.clear()
+    engine.protect_batch(images, model="tiny-cyclegan", image_size=256, iterations=1, seed=0, batch_size=5, on_step=lambda s, t, loss: sizes.append(loss.shape[0]))
+    assert sizes == [5]  # an explicit batch size wins
