@@ -14,9 +14,11 @@ memory):
   gradients, so every backward also computes weight gradients, zeroed each step), the random
   start drawn with numpy.
 - `engine`: `Engine.protect_batch` per target (the same per-target perturbations as the original,
-  so disruption is comparable), all images of the batch at once; label-map models go through the
+  so disruption is comparable) over the batch's photos, in passes sized by the engine; label-map models go through the
   engine's attack core (`attacks.linf_attack` on the frozen generator), as the engine does not
   take label maps from users.
+- `engine-bf16`: the same with the attack's passes under bf16 autocast (`DEEPSHIELD_PRECISION=bf16`),
+  its disruption checked against the original's (fp32).
 - `engine-joint`: conditional models only: one `protect_batch` call attacking all targets with one
   perturbation per photo, the product's default.
 
@@ -164,7 +166,7 @@ def _disruption(generator: torch.nn.Module, clean: torch.Tensor, adversarial: to
         return torch.cat(out).cpu().numpy()
 
 
-def _engine(case_name: str, case: Case, device: torch.device, directory: Path) -> Engine:
+def _engine(case_name: str, case: Case, device: torch.device, directory: Path, precision: str) -> Engine:
     """An engine whose one model is the case's generator (weights written to `directory`)."""
     save_file({k: v.contiguous() for k, v in _generator(case).state_dict().items()}, str(directory / "g.safetensors"))
     os.environ["DEEPSHIELD_MODELS_DIR"] = str(directory)
@@ -174,7 +176,7 @@ def _engine(case_name: str, case: Case, device: torch.device, directory: Path) -
         weights=WeightsSource(kind="local", filename="g.safetensors", format=case.fmt), license="bench", description="bench",
         targets=MappingProxyType(case.targets),
     )
-    return Engine({case_name: spec}, device=str(device))
+    return Engine({case_name: spec}, device=str(device), precision=precision)
 
 
 def _sync(device: torch.device) -> None:
@@ -202,7 +204,7 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             _sync(device)
             seconds = time.perf_counter() - started
         else:
-            engine = _engine(case_name, case, device, Path(tmp))
+            engine = _engine(case_name, case, device, Path(tmp), "bf16" if method == "engine-bf16" else "fp32")
             model = engine.load(case_name)
             generator = model.generator
             config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
@@ -211,15 +213,20 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             if case.label_map:
                 with torch.no_grad():
                     reference = generator(clean)
-                adversarial = attacks.linf_attack(lambda xs: attacks.output_distance(generator(xs[0]), reference), [clean], config, seed=0)[0]
+
+                def objective(xs: list[torch.Tensor]) -> torch.Tensor:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=engine.autocast_dtype is not None):
+                        return attacks.output_distance(generator(xs[0]), reference).float()
+
+                adversarial = attacks.linf_attack(objective, [clean], config, seed=0)[0]
             elif method == "engine-joint" or conditions is None:
                 results = engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
-                                               seed=0, batch_size=batch, detect_faces=False)
+                                               seed=0, detect_faces=False)
                 adversarial = torch.cat([imaging.to_tensor(r.protected_rgb) for r in results]).to(device)
             else:
                 per_target = [
                     engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
-                                         seed=0, batch_size=batch, targets=[label], detect_faces=False)
+                                         seed=0, targets=[label], detect_faces=False)
                     for label in case.targets
                 ]
                 adversarial = torch.stack([torch.cat([imaging.to_tensor(r.protected_rgb) for r in rs]) for rs in per_target], dim=1)
@@ -279,7 +286,7 @@ def main() -> int:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--methods", default="original,engine,engine-joint")
+    parser.add_argument("--methods", default="original,engine,engine-bf16,engine-joint")
     parser.add_argument("--markdown", help="also append the table to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,7 +321,7 @@ def main() -> int:
                 if method == "original":
                     baseline = row
                 speedup = f"{baseline['seconds'] / row['seconds']:.2f}x" if baseline else "-"
-                same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method == "engine" else "-"
+                same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method in ("engine", "engine-bf16") else "-"
                 work = 1 if method == "engine-joint" else targets  # (image, target) pairs attacked per image
                 rate = flops * batch * work * args.iterations / row["seconds"]
                 cells = [
