@@ -14,9 +14,9 @@ memory):
   gradients, so every backward also computes weight gradients, zeroed each step), the random
   start drawn with numpy.
 - `engine`: `Engine.protect_batch` per target (the same per-target perturbations as the original,
-  so disruption is comparable) over the batch's photos, in passes sized by the engine; label-map models go through the
-  engine's attack core (`attacks.linf_attack` on the frozen generator), as the engine does not
-  take label maps from users.
+  so disruption is comparable) over the batch's photos, in passes sized by the engine;
+  label-map models go through the engine's attack core (`attacks.linf_attack` on the frozen
+  generator), as the engine does not take label maps from users.
 - `engine-bf16`: the same with the attack's passes under bf16 autocast (`DEEPSHIELD_PRECISION=bf16`),
   its disruption checked against the original's (fp32).
 - `engine-joint`: conditional models only: one `protect_batch` call attacking all targets with one
