@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,11 +28,18 @@ from deepshield import (
     transforms,
 )
 from deepshield import verify as verification
-from deepshield.errors import InvalidParameterError, ServerBusyError, UnknownModelError
+from deepshield.errors import (
+    InvalidParameterError,
+    OutOfMemoryError,
+    ServerBusyError,
+    UnknownModelError,
+)
 from deepshield.faces import FaceBox
 from deepshield.manifest import ModelSpec, load_manifest
 from deepshield.models import Generator
 from deepshield.weights import find_local_weights, load_model, missing_weights_hint
+
+log = logging.getLogger("deepshield.engine")
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 ProgressCallback = Callable[[int, int], None]
@@ -490,7 +498,7 @@ class Engine:
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
             with self.admission():
-                results += self._protect_chunk(
+                results += self._protect_fitting(
                     chunk, ensemble, config, seed + start, on_step,
                     detect_faces=detect_faces, robust=robust, check_robustness=check_robustness, ssim_floor=ssim_floor,
                 )
@@ -580,6 +588,25 @@ class Engine:
             boxes, found = _squares(photo.rgb, ensemble.models, use_faces)
             jobs.append(_Job(photo, imaging.to_tensor(photo.rgb).to(self.device), boxes, found))
         return jobs
+
+    def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seed: int,
+                         on_step: attacks.StepCallback | None, **options: Any) -> list[ProtectionResult]:
+        """`_protect_chunk`, halving the chunk whenever the device runs out of memory. The halves
+        get the seeds (seed + offset) that a run with that smaller batch size would have used."""
+        try:
+            return self._protect_chunk(photos, ensemble, config, seed, on_step, **options)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(photos) == 1:
+                raise OutOfMemoryError(
+                    f"{photos[0].name}: one photo does not fit in the {self.device.type} memory with this model; "
+                    "free memory (unload other models) or use a smaller image_size"
+                ) from None
+            half = len(photos) // 2
+            log.warning("out of memory with %d photos in one pass; splitting into %d + %d", len(photos), half, len(photos) - half)
+            first = self._protect_fitting(photos[:half], ensemble, config, seed, on_step, **options)
+            return first + self._protect_fitting(photos[half:], ensemble, config, seed + half, on_step, **options)
 
     def _protect_chunk(
         self,

@@ -27,3 +27,7 @@ class WeightsError(DeepshieldError):
 
 class ServerBusyError(DeepshieldError):
     """Every protection slot is taken and the waiting line is full; retry later."""
+
+
+class OutOfMemoryError(DeepshieldError):
+    """A single photo does not fit in the device's memory even on its own."""

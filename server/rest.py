@@ -44,6 +44,7 @@ from deepshield.errors import (
     DeepshieldError,
     InvalidImageError,
     InvalidParameterError,
+    OutOfMemoryError,
     ServerBusyError,
     UnknownModelError,
     WeightsError,
@@ -117,6 +118,8 @@ def from_deepshield(error: DeepshieldError) -> ApiError:
         return ApiError(404, "unknown_model", message)
     if isinstance(error, WeightsError):
         return ApiError(503, "weights_unavailable", message)
+    if isinstance(error, OutOfMemoryError):
+        return ApiError(413, "too_large_for_device", message)
     log.error("server configuration error: %s", error)  # ManifestError and the like
     return ApiError(500, "internal_error", "the server is misconfigured; the operator has been told in the logs")
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from deepshield.engine import Engine
-from deepshield.errors import InvalidParameterError, UnknownModelError
+from deepshield.errors import InvalidParameterError, OutOfMemoryError, UnknownModelError
 from tests.conftest import HAIR, TINY_PARAMS, make_spec, save_tiny, tiny_models
 
 
@@ -266,3 +266,30 @@ def test_cpu_passes_are_sized_for_the_caches(engine):
     sizes.clear()
     engine.protect_batch(images, model="tiny-cyclegan", image_size=256, iterations=1, seed=0, batch_size=5, on_step=lambda s, t, loss: sizes.append(loss.shape[0]))
     assert sizes == [5]  # an explicit batch size wins
+
+
+def test_a_pass_that_runs_out_of_memory_is_split_not_failed(engine, monkeypatch):
+    """Device memory is simulated by a generator that refuses passes above 3 samples (the error
+    torch raises when an allocation fails); the engine halves the work until it fits."""
+    model = engine.load("tiny-cyclegan").generator
+    real_forward = type(model).forward
+
+    def limited(self, x, condition=None):
+        if x.shape[0] > 3:
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return real_forward(self, x, condition)
+
+    monkeypatch.setattr(type(model), "forward", limited)
+    images = [photo(32, 32, seed=s) for s in range(8)]
+    results = engine.protect_batch(images, model="tiny-cyclegan", iterations=2, seed=4, batch_size=8)
+    assert len(results) == 8 and all(r.metrics["disruption"]["mse"] > 0 for r in results)
+    monkeypatch.setattr(type(model), "forward", real_forward)
+    twos = engine.protect_batch(images, model="tiny-cyclegan", iterations=2, seed=4, batch_size=2)
+    assert all(np.array_equal(a.protected_rgb, b.protected_rgb) for a, b in zip(results, twos))  # same as batch size 2
+
+    def never_fits(self, x, condition=None):
+        raise torch.OutOfMemoryError("simulated: out of memory")
+
+    monkeypatch.setattr(type(model), "forward", never_fits)
+    with pytest.raises(OutOfMemoryError, match="one photo does not fit"):
+        engine.protect(images[0], model="tiny-cyclegan", iterations=1)
