@@ -322,8 +322,7 @@ def main() -> int:
                     baseline = row
                 speedup = f"{baseline['seconds'] / row['seconds']:.2f}x" if baseline else "-"
                 same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method in ("engine", "engine-bf16") else "-"
-                work = 1 if method == "engine-joint" else targets  # (image, target) pairs attacked per image
-                rate = flops * batch * work * args.iterations / row["seconds"]
+                rate = flops * batch * targets * args.iterations / row["seconds"]  # every method runs each (image, target) pass
                 cells = [
                     case_name, str(batch), method, f"{batch / row['seconds']:.3f}", f"{1000 * row['seconds'] / args.iterations:.0f}",
                     f"{row['peak_bytes'] / 2**20:.0f}", speedup, f"{disruption.mean():.4f}", same, f"{rate / 1e9:.1f}",
