@@ -118,6 +118,8 @@ def baseline(original: imaging.Photo, shared: SharedCopy) -> tuple[np.ndarray, n
     resized = np.asarray(image, dtype=np.uint8).copy()
     if shared.format != "JPEG" or not shared.qtables:
         return resized, resized
+    if shared.photo.grayscale:  # a one-component JPEG: its single table is for luma
+        image = image.convert("L")
     buffer = io.BytesIO()
     options: dict[str, Any] = {"qtables": shared.qtables}
     if shared.subsampling is not None and shared.subsampling >= 0:

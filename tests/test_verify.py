@@ -77,3 +77,14 @@ def test_cropped_copies_and_bad_files_are_refused(engine):
         engine.verify(original, b"not an image")
     with pytest.raises(InvalidParameterError, match="several"):
         engine.verify(original, original, models=["tiny-cyclegan", "tiny-stargan"], targets=["Male"])
+
+
+def test_a_grayscale_jpeg_copy_is_reproduced_in_grayscale(engine):
+    gray = Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 48), dtype=np.uint8), mode="L")
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PNG")
+    shared = io.BytesIO()
+    gray.save(shared, format="JPEG", quality=60)
+    result = engine.verify(buffer.getvalue(), shared.getvalue(), models=["tiny-cyclegan"])
+    assert result.header["shared"]["jpeg_quality"] == 60
+    assert result.checks[0].mse == 0.0  # the unprotected photo shared the same way: nothing left to measure
