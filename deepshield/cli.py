@@ -143,8 +143,7 @@ def _protect(args: argparse.Namespace) -> None:
     finally:
         bar.close()
         if args.report and reports:
-            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
+            _write_json(args.report, reports)
     for report in reports:
         d, p = report["disruption"], report["perturbation"]
         print(
@@ -158,6 +157,11 @@ def _protect(args: argparse.Namespace) -> None:
             print(f"  robustness: {after}")
 
 
+def _write_json(path: str, value: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
 def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != key}
 
@@ -167,8 +171,7 @@ def _verify(args: argparse.Namespace) -> None:
     result = engine.verify(args.original, args.shared, models=args.models, targets=args.targets, detect_faces=args.detect_faces)
     report = result.report()
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write_json(args.report, report)
     if args.deepfake_dir:
         out = Path(args.deepfake_dir)
         out.mkdir(parents=True, exist_ok=True)

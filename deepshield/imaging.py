@@ -64,16 +64,8 @@ def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str |
     if isinstance(source, (bytes, bytearray)):
         data, label = bytes(source), name or "upload"
     else:
-        path = Path(source)
-        label = name or path.name
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InvalidImageError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise InvalidImageError(f"{label}: is a directory, not an image") from None
-        except OSError as exc:
-            raise InvalidImageError(f"{label}: cannot be read ({exc.strerror})") from None
+        label = name or Path(source).name
+        data = read_file(source, label)
     if not data:
         raise InvalidImageError(f"{label}: the file is empty (0 bytes)")
     limit = max_pixels()
@@ -97,6 +89,20 @@ def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str |
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"{label}: the image data is truncated or corrupt ({str(exc).strip() or type(exc).__name__})") from None
     return _from_pil(image, label)
+
+
+def read_file(path: str | os.PathLike[str], label: str | None = None) -> bytes:
+    """The bytes of an input file; InvalidImageError (named `label`, default the file name) when
+    it is missing, a directory or unreadable."""
+    label = label or Path(path).name
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InvalidImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidImageError(f"{label}: is a directory, not an image") from None
+    except OSError as exc:
+        raise InvalidImageError(f"{label}: cannot be read ({exc.strerror})") from None
 
 
 def _from_pil(image: Image.Image, label: str) -> Photo:

@@ -385,10 +385,6 @@ def spread_spectrum_blurs(step: int, blurs: Sequence[Transform] = SPREAD_SPECTRU
     return blurs[step % len(blurs)]
 
 
-def _fixed_jpeg(quality: int) -> DiffJPEG:
-    return DiffJPEG((quality, quality))
-
-
 # What happens to a shared photo, as a cycle the robust attack steps through (one transformation
 # per iteration, as the spread-spectrum attack does with blurs). JPEG 75, the most common
 # recompression and what a perturbation loses most to, takes every other step; the others draw
@@ -398,13 +394,13 @@ def _fixed_jpeg(quality: int) -> DiffJPEG:
 # 0.022 to 0.042; a uniform random mixture (JPEG 50..95 in 40% of the draws, the rest resize, blur,
 # shift, identity) gained much less after JPEG, as the sign steps followed the noise of the draws.
 SHARING_TRANSFORMS: tuple[Transform, ...] = (
-    _fixed_jpeg(75),
+    DiffJPEG(75),
     DiffJPEG((50, 95)),
-    _fixed_jpeg(75),
+    DiffJPEG(75),
     RandomResize((0.5, 0.75)),
-    _fixed_jpeg(75),
+    DiffJPEG(75),
     RandomGaussianBlur((0.5, 1.5)),
-    _fixed_jpeg(75),
+    DiffJPEG(75),
     RandomShift(0.03),
 )
 

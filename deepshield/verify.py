@@ -87,8 +87,12 @@ class VerifyResult:
 
 def read_shared(source: str | os.PathLike[str] | bytes, name: str | None = None) -> SharedCopy:
     """Decode a shared copy (path or bytes) and keep its JPEG tables when it is a JPEG."""
-    photo = imaging.load_photo(source, name=name)  # raises InvalidImageError for a bad file
-    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        name = name or Path(source).name
+        data = imaging.read_file(source, name)
+    photo = imaging.load_photo(data, name=name)  # raises InvalidImageError for a bad file
     with Image.open(io.BytesIO(data)) as image:
         fmt = image.format
         if fmt == "JPEG":
