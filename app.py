@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from deepshield.engine import Engine
 from deepshield.errors import DeepshieldError
 from server import observability, rest, serving, ui
+from server.jobs import create_backend
 from server.settings import Settings
 
 
@@ -57,8 +58,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         redoc_url="/redoc",
     )
     observability.install(api, engine, settings)
-    api.include_router(rest.create_router(engine, settings))
-    demo = ui.build_demo(engine, settings)
+    jobs = create_backend(settings, rest.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
+    api.router.on_shutdown.append(jobs.close)  # embedded jobs stop after their chunk and resume at the next start
+    api.include_router(rest.create_router(engine, settings, jobs))
+    demo = ui.build_demo(engine, settings, jobs)
     if settings.preload_models:
         preload(engine, settings.preload_models)
     return gr.mount_gradio_app(api, demo, path="/")

@@ -25,8 +25,8 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -38,8 +38,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 import deepshield
-from deepshield import attacks
-from deepshield.engine import Engine
+from deepshield import attacks, imaging
+from deepshield.engine import Engine, ProtectionResult
 from deepshield.errors import (
     DeepshieldError,
     InvalidImageError,
@@ -50,7 +50,16 @@ from deepshield.errors import (
     WeightsError,
 )
 from server import observability
-from server.jobs import JobQueueFullError, JobStore, UnknownTaskError
+from server.jobs import (
+    JobBackend,
+    JobInput,
+    JobNotFinishedError,
+    JobQueueFullError,
+    UnknownTaskError,
+    create_backend,
+    results,
+)
+from server.jobs.base import ItemOutcome
 from server.ratelimit import SlidingWindowLimiter
 from server.schemas import (
     RANDOM_START_RULE,
@@ -201,7 +210,7 @@ def make_route_class(settings: Settings, limiter: SlidingWindowLimiter) -> type[
                         raise ApiError(
                             429,
                             "rate_limited",
-                            f"too many requests: at most {limiter.limit} per minute per client on this endpoint; retry in {wait} s",
+                            f"too many requests: at most {limiter.limit} per minute per client, all POST endpoints of this API together; retry in {wait} s",
                             {"Retry-After": str(wait)},
                         )
                     declared = request.headers.get("content-length", "")
@@ -244,6 +253,12 @@ def decode_image(text: str, settings: Settings, label: str = "image") -> bytes:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "invalid_image", f"{label}: not valid base64 (use the standard alphabet A-Z a-z 0-9 + / with = padding)") from None
+    return check_image_bytes(data, settings, label)
+
+
+def check_image_bytes(data: bytes, settings: Settings, label: str = "image") -> bytes:
+    """`data` if it is a non-empty image file within the size and dimension limits (header only)."""
+    limit = settings.max_image_bytes
     if not data:
         raise ApiError(400, "invalid_image", f"{label}: the image is empty")
     if len(data) > limit:
@@ -281,10 +296,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _png_b64(image: Image.Image) -> str:
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return _b64(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _png_b64(image: Image.Image) -> str:
+    return _b64(_png(image))
 
 
 def jsonable(value: Any) -> Any:
@@ -352,33 +371,96 @@ class ProtectService:
         model = self.resolve_model(options.model_type)
         self.ensure_ready(model)
         data = decode_image(image, self.settings, label)
-        params, attack = options.attack_params, options.attack()
-        result = self.engine.protect(
-            data,
-            model=model,
-            attack=attack,
-            epsilon=params.epsilon,
-            iterations=params.iterations,
-            step_size=params.step_size,
-            seed=params.seed,
-            targets=params.targets,
-            detect_faces=params.detect_faces,
-            robust=None if params.robust == "off" else params.robust,
-            check_robustness=params.check_robustness,
-            ssim_floor=params.ssim_floor,
-            allow_download=False,
-        )
-        observability.record_attack(result.metrics["seconds"], model, attack, engine=self.engine)
+        result = self.engine.protect(data, **self._engine_options(model, options))
+        outcome = self._outcome(result, model, options, label)
+        files = {k: _b64(v) for k, v in outcome.files.items()}
+        return {
+            "protected_image": files["protected"],
+            "mime_type": outcome.entry["mime_type"],
+            "deepfake_original": files.get("deepfake_original"),
+            "deepfake_protected": files.get("deepfake_protected"),
+            "metrics": outcome.entry["metrics"],
+        }
+
+    @staticmethod
+    def _engine_options(model: str, options: ProtectOptions) -> dict[str, Any]:
+        params = options.attack_params
+        return {
+            "model": model,
+            "attack": options.attack(),
+            "epsilon": params.epsilon,
+            "iterations": params.iterations,
+            "step_size": params.step_size,
+            "seed": params.seed,
+            "targets": params.targets,
+            "detect_faces": params.detect_faces,
+            "robust": None if params.robust == "off" else params.robust,
+            "check_robustness": params.check_robustness,
+            "ssim_floor": params.ssim_floor,
+            "allow_download": False,
+        }
+
+    def _outcome(self, result: ProtectionResult, model: str, options: ProtectOptions, label: str) -> ItemOutcome:
+        """The encoded file (and the deepfakes as PNG when asked for) with its report."""
+        observability.record_attack(result.metrics["seconds"], model, result.metrics["attack"], engine=self.engine)
         file_bytes, metrics = result.encode(FORMATS[options.output_format])
         metrics["input"] = label
-        deepfakes = (_png_b64(result.deepfake_original), _png_b64(result.deepfake_protected)) if options.return_deepfakes else (None, None)
-        return {
-            "protected_image": _b64(file_bytes),
-            "mime_type": MIME[options.output_format],
-            "deepfake_original": deepfakes[0],
-            "deepfake_protected": deepfakes[1],
-            "metrics": jsonable(metrics),
-        }
+        files = {"protected": file_bytes}
+        if options.return_deepfakes:
+            files.update(deepfake_original=_png(result.deepfake_original), deepfake_protected=_png(result.deepfake_protected))
+        return ItemOutcome({"status": "ok", "mime_type": MIME[options.output_format], "metrics": jsonable(metrics)}, files)
+
+    def process_items(self, inputs: Sequence[JobInput], options: Mapping[str, Any], on_step: Callable[[int, int], None]) -> list[ItemOutcome]:
+        """A chunk of a batch job (see server.jobs.base.ItemProcessor): each photo is checked on
+        its own (a bad one becomes an error outcome naming it), the good ones are attacked in one
+        engine batch. Waits up to BATCH_BUSY_WAIT for a free slot instead of failing when busy."""
+        parsed = ProtectOptions.model_validate(options)
+        started = time.perf_counter()
+        outcomes: list[ItemOutcome | None] = [None] * len(inputs)
+        try:
+            model = self.resolve_model(parsed.model_type)
+            self.ensure_ready(model)
+        except ApiError as error:
+            return [_error_outcome(error)] * len(inputs)
+        good = []
+        for k, item in enumerate(inputs):
+            try:
+                if item.error:
+                    raise ApiError(400, item.error["error"], item.error["message"])
+                imaging.load_photo(check_image_bytes(item.data, self.settings, item.filename), name=item.filename)
+                good.append(k)
+            except ApiError as error:
+                outcomes[k] = _error_outcome(error)
+            except DeepshieldError as error:
+                outcomes[k] = _error_outcome(from_deepshield(error))
+        for k, result in zip(good, self._protect_waiting([inputs[k].data for k in good], model, parsed, on_step)):
+            if isinstance(result, ApiError):
+                outcomes[k] = _error_outcome(result)
+            else:
+                outcomes[k] = self._outcome(result, model, parsed, inputs[k].filename)
+                outcomes[k].entry["processing_time"] = round((time.perf_counter() - started) / max(1, len(good)), 4)
+        return [o for o in outcomes if o is not None]
+
+    def _protect_waiting(
+        self, images: list[bytes], model: str, options: ProtectOptions, on_step: Callable[[int, int], None]
+    ) -> list[ProtectionResult | ApiError]:
+        """engine.protect_batch of `images`, retried while the server is busy; when the batch
+        fails, each photo alone, so the error lands on the photo that caused it."""
+        if not images:
+            return []
+        deadline = time.monotonic() + BATCH_BUSY_WAIT
+        kwargs = {**self._engine_options(model, options), "on_step": lambda step, steps, _loss: on_step(step, steps)}
+        while True:
+            try:
+                return list(self.engine.protect_batch(images, batch_size=len(images), **kwargs))
+            except ServerBusyError as error:
+                if time.monotonic() > deadline:
+                    return [from_deepshield(error)] * len(images)
+                time.sleep(1.0)
+            except DeepshieldError as error:
+                if len(images) == 1:
+                    return [from_deepshield(error)]
+                return [r for image in images for r in self._protect_waiting([image], model, options, on_step)]
 
     def verify(self, body: VerifyRequest) -> dict[str, Any]:
         """Decode both photos, check the models are here, compare (see deepshield.verify)."""
@@ -394,29 +476,18 @@ class ProtectService:
                 entry["deepfake_baseline"], entry["deepfake_shared"] = _png_b64(check.deepfake_baseline), _png_b64(check.deepfake_shared)
         return jsonable(report)
 
-    def process_batch_item(self, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-        """One batch image -> {"filename", "status": "ok", ...result} or {"status": "error", ...}.
-        Waits (up to BATCH_BUSY_WAIT) for a free slot instead of failing when the server is busy."""
-        filename = str(item.get("filename") or "image")
-        parsed = ProtectOptions.model_validate(options)
-        started = time.perf_counter()
-        deadline = time.monotonic() + BATCH_BUSY_WAIT
-        while True:
-            try:
-                result = self.protect(str(item.get("image", "")), parsed, filename)
-                return {"filename": filename, "status": "ok", **result, "processing_time": round(time.perf_counter() - started, 4)}
-            except ServerBusyError as error:
-                if time.monotonic() > deadline:
-                    return self._item_error(filename, from_deepshield(error))
-                time.sleep(1.0)
-            except ApiError as error:
-                return self._item_error(filename, error)
-            except DeepshieldError as error:
-                return self._item_error(filename, from_deepshield(error))
 
-    @staticmethod
-    def _item_error(filename: str, error: ApiError) -> dict[str, Any]:
-        return {"filename": filename, "status": "error", "error": error.kind, "message": error.message}
+
+def _job_input(filename: str, image: str, settings: Settings) -> JobInput:
+    """A batch photo as received; one that cannot be decoded is kept as an error entry."""
+    try:
+        return JobInput(filename, decode_image(image, settings, filename))
+    except ApiError as error:
+        return JobInput(filename, error={"error": error.kind, "message": error.message})
+
+
+def _error_outcome(error: ApiError) -> ItemOutcome:
+    return ItemOutcome({"status": "error", "error": error.kind, "message": error.message})
 
 
 # ------------------------------------------------------------------------------------ router
@@ -476,10 +547,11 @@ def attack_methods() -> dict[str, Any]:
     }
 
 
-def create_router(engine: Engine, settings: Settings) -> APIRouter:
-    """The REST API v1 routes, /health included, bound to `engine` and `settings`."""
+def create_router(engine: Engine, settings: Settings, jobs: JobBackend | None = None) -> APIRouter:
+    """The REST API v1 routes, /health included, bound to `engine` and `settings`; batch jobs go
+    to `jobs` (default: the backend `settings` choose, see server.jobs.create_backend)."""
     service = ProtectService(engine, settings)
-    jobs = JobStore(service.process_batch_item, workers=engine.max_concurrent, max_pending=max(1, settings.max_queue_size))
+    jobs = jobs or create_backend(settings, service.process_items, workers=engine.max_concurrent)
     limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, window=60.0)
     router = APIRouter(route_class=make_route_class(settings, limiter))
     started = time.time()
@@ -498,9 +570,10 @@ def create_router(engine: Engine, settings: Settings) -> APIRouter:
             raise ApiError(422, "invalid_request", f"{len(body.images)} images in one batch; this server takes at most {settings.max_batch_size}")
         model = service.resolve_model(body.model_type)
         await run_in_threadpool(service.ensure_ready, model)
-        options = body.model_dump(exclude={"images"}) | {"model_type": model}
+        options = body.model_dump(mode="json", exclude={"images"}) | {"model_type": model}
+        inputs = [_job_input(image.filename, image.image, settings) for image in body.images]
         try:
-            task_id = jobs.submit([image.model_dump() for image in body.images], options)
+            task_id = await run_in_threadpool(jobs.submit, inputs, options)
         except JobQueueFullError as error:
             raise ApiError(503, "server_busy", str(error), {"Retry-After": str(BUSY_RETRY_AFTER * 6)}) from None
         return {"task_id": task_id, "status": "queued", "total": len(body.images), "status_url": f"{PREFIX}/protect/status/{task_id}"}
@@ -513,12 +586,33 @@ def create_router(engine: Engine, settings: Settings) -> APIRouter:
         return await run_in_threadpool(service.verify, body)
 
     @router.get(f"{PREFIX}/protect/status/{{task_id}}", responses=errors(404), tags=["protect"], summary="Batch job status and results")
-    async def protect_status(task_id: str) -> dict[str, Any]:
-        """state (queued, running, completed, failed = every image failed), progress, per-image results."""
+    def protect_status(task_id: str, images: bool = True) -> dict[str, Any]:
+        """status (queued, running, completed, failed = every photo failed, interrupted), progress
+        {done, total}, the photo being attacked (`current`), per-photo results (the files inlined as
+        base64 unless `images=false`), and `result_urls` (zip and JSON report) once finished."""
         try:
-            return jobs.status(task_id)
+            return results.status_view(jobs, task_id, PREFIX, images=images)
         except UnknownTaskError as error:
             raise ApiError(404, "unknown_task", str(error)) from None
+
+    @router.get(
+        f"{PREFIX}/protect/result/{{task_id}}",
+        responses={**errors(404, 409), 200: {"content": {"application/zip": {}, "application/json": {}}}},
+        tags=["protect"],
+        summary="A finished batch job's results: a zip or a JSON report",
+    )
+    def protect_result(task_id: str, format: Literal["zip", "json"] = "zip") -> Response:
+        """`format=zip` (default): the protected photos under their input names (`a.jpg` -> `a.png`),
+        the deepfakes when asked for, and report.json; `format=json`: the report alone."""
+        try:
+            if format == "json":
+                return JSONResponse(results.report(jobs, task_id))
+            headers = {"Content-Disposition": f'attachment; filename="deepshield-{task_id}.zip"'}
+            return Response(results.archive(jobs, task_id), media_type="application/zip", headers=headers)
+        except UnknownTaskError as error:
+            raise ApiError(404, "unknown_task", str(error)) from None
+        except JobNotFinishedError as error:
+            raise ApiError(409, "not_finished", str(error), {"Retry-After": str(BUSY_RETRY_AFTER)}) from None
 
     @router.get(f"{PREFIX}/models", tags=["models"], summary="Every model and its status")
     def list_models() -> list[dict[str, Any]]:
@@ -565,6 +659,7 @@ def create_router(engine: Engine, settings: Settings) -> APIRouter:
                 "max_concurrent": engine.max_concurrent,
                 "max_queue": engine.max_queue,
                 "batch_jobs_waiting": jobs.pending,
+                "batch_backend": jobs.kind,
             },
             "limits": settings.public(),
             "uptime_seconds": round(time.time() - started, 1),

@@ -62,6 +62,13 @@ class Settings:
     max_image_dimension: int = 4096
     max_batch_size: int = 16
     share: bool = False
+    data_dir: str = ""
+    broker_url: str = ""
+    redis_url: str = ""
+    result_cache_ttl: int = 0
+    job_retention_hours: float = 24.0
+    visibility_timeout: int = 3600
+    worker_concurrency: int = 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,6 +88,13 @@ class Settings:
             max_image_dimension=_int("MAX_IMAGE_DIMENSION", default=4096, minimum=1),
             max_batch_size=_int("MAX_BATCH_SIZE", default=16, minimum=1),
             share=_env("GRADIO_SHARE", default="0").lower() in _TRUE,
+            data_dir=_env("DEEPSHIELD_DATA_DIR", default=""),
+            broker_url=_env("CELERY_BROKER_URL", "REDIS_URL", default=""),
+            redis_url=_env("REDIS_URL", "CELERY_BROKER_URL", default=""),
+            result_cache_ttl=_int("RESULT_CACHE_TTL", default=0),
+            job_retention_hours=_float("JOB_RETENTION_HOURS", default=24.0),
+            visibility_timeout=_int("CELERY_VISIBILITY_TIMEOUT", default=3600, minimum=1),
+            worker_concurrency=_int("CELERY_WORKER_CONCURRENCY", default=1, minimum=1),
         )
 
     @property
@@ -96,4 +110,5 @@ class Settings:
             "max_image_size_mb": self.max_image_size_mb,
             "max_image_dimension": self.max_image_dimension,
             "max_batch_size": self.max_batch_size,
+            "job_backend": "celery" if self.broker_url else "embedded",
         }

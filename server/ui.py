@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from deepshield.attacks import STRENGTHS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
 from server import observability, uploads
+from server.jobs import FINISHED, JobBackend, JobInput, JobQueueFullError, results
 from server.settings import Settings
 
 log = logging.getLogger("deepshield.ui")
@@ -45,7 +45,7 @@ DEFAULT_STRENGTH = "medium"
 DEFAULT_ITERATIONS = 10
 DEFAULT_STEP_SIZE = 0.01
 RANDOM_SEED = -1  # the seed control's "draw one" value (a Number field cannot stay empty)
-BATCH_CHUNK = 4  # images attacked together in one batched forward pass
+JOB_POLL_S = 0.25  # how often the batch view reads its job's progress
 PREVIEW_SIDE = 1600  # the amplified-perturbation view is shown at most this large
 
 
@@ -107,6 +107,17 @@ def _flag(value: Any, name: str) -> bool:
     if value in (0, 1):
         return bool(value)
     raise InvalidParameterError(f"{name} must be true or false, got {value!r}")
+
+
+def _job_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Engine keywords (from `_attack_options`) -> the options of a batch job, in the shape of
+    the REST API's ProtectOptions, so UI and REST jobs run the same way."""
+    epsilon = options["epsilon"]
+    budget = {"strength": epsilon.lower()} if isinstance(epsilon, str) else {"epsilon": epsilon}
+    params = {key: options[key] for key in ("iterations", "step_size", "seed", "targets", "ssim_floor") if options[key] is not None}
+    params |= {"detect_faces": options["detect_faces"], "robust": options["robust"] or "off", "check_robustness": options["check_robustness"]}
+    return {"model_type": options["model"], "attack_method": options["attack"], "attack_params": {**budget, **params},
+            "output_format": "png", "return_deepfakes": False}
 
 
 def _attack_options(
@@ -206,7 +217,8 @@ def report_rows(report: Sequence[dict[str, Any]]) -> list[list[Any]]:
     for item in report or []:
         p, d = item.get("perturbation", {}), item.get("disruption", {})
         jpeg75 = (item.get("robustness") or {}).get("jpeg75")
-        rows.append([item.get("input"), item.get("output"), len(item.get("faces") or []), p.get("linf_255"), _fmt(p.get("psnr"), 2),
+        output = item.get("output") or f"error: {item.get('error')}"
+        rows.append([item.get("input"), output, len(item.get("faces") or []), p.get("linf_255"), _fmt(p.get("psnr"), 2),
                      _fmt(p.get("ssim")), _fmt(d.get("mse")), _fmt(d.get("disrupted")), _fmt(jpeg75["mse"] if jpeg75 else None),
                      _fmt(item.get("seconds"), 2)])
     return rows
@@ -264,9 +276,10 @@ class OutputStore:
 class Handlers:
     """Event handlers bound to one engine; each returns plain values for Gradio components."""
 
-    def __init__(self, engine: Engine, settings: Settings, store: OutputStore | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings, jobs: JobBackend, store: OutputStore | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.jobs = jobs
         self.store = store or OutputStore()
 
     # ------------------------------------------------------------ models
@@ -451,8 +464,9 @@ class Handlers:
         ssim_floor: Any = 0,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]]]:
-        """Protect many photos (files and/or zips of images). Returns (gallery, zip of
-        `<stem>.png` files, per-image reports)."""
+        """Protect many photos (files and/or zips of images) as a batch job (the same jobs as
+        POST /api/v1/protect/batch). Returns (gallery, zip of `<stem>.png` files and report.json,
+        per-image reports; a photo that failed has `error` instead of metrics)."""
         with _user_errors():
             workdir = self.store.new_dir()
             if isinstance(images, dict):
@@ -462,36 +476,45 @@ class Handlers:
                 model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
             )
             self._require_local_weights(options["model"])
-            count, done = len(batch), 0
-
-            def on_step(step: int, total: int, _loss: Any) -> None:
-                chunk = min(BATCH_CHUNK, count - done)
-                progress((done + chunk * step / total) / count, desc=f"images {done + 1}-{done + chunk} of {count}: step {step}/{total}")
-
-            def on_images(finished: int, _total: int) -> None:
-                nonlocal done
-                done = finished
-
-            progress(0.0, desc=f"loading {options['model']}")
-            results = self.engine.protect_batch(
-                [str(u.path) for u in batch], **options, batch_size=BATCH_CHUNK,
-                on_step=on_step, progress=on_images, allow_download=False,
-            )
+            try:
+                task_id = self.jobs.submit([JobInput(u.name, u.path.read_bytes()) for u in batch], _job_options(options))
+            except JobQueueFullError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+            record = self._wait_for(task_id, progress)
             out_dir = workdir / "protected"
             out_dir.mkdir()
             gallery, report = [], []
-            for upload, name, result in zip(batch, uploads.output_names(u.name for u in batch), results):
-                observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
-                path = out_dir / name
-                metrics = {**result.save(path), "input": upload.name, "output": name}
+            for entry in record["results"]:
+                if entry["status"] != "ok":
+                    report.append({"input": entry["filename"], "error": entry["message"], "task_id": task_id})
+                    continue
+                path = out_dir / entry["output"]
+                path.write_bytes(self.jobs.read_file(task_id, entry["index"], "protected"))
+                metrics = {**entry["metrics"], "input": entry["filename"], "output": entry["output"], "task_id": task_id}
                 report.append(metrics)
                 verdict = "disrupted" if metrics["disruption"]["disrupted"] else "not disrupted"
-                gallery.append((str(path), f"{name}: mse {metrics['disruption']['mse']:.3f} ({verdict})"))
+                gallery.append((str(path), f"{entry['output']}: mse {metrics['disruption']['mse']:.3f} ({verdict})"))
+            if not gallery:
+                raise gr.Error("no photo could be protected: " + "; ".join(html.escape(r["error"], quote=False) for r in report), print_exception=False)
             archive = workdir / "deepshield-protected.zip"
-            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as bundle:
-                for item in report:
-                    bundle.write(out_dir / item["output"], arcname=item["output"])
+            archive.write_bytes(results.archive(self.jobs, task_id))
             return gallery, str(archive), report
+
+    def _wait_for(self, task_id: str, progress: gr.Progress) -> dict[str, Any]:
+        """Poll the job until it finished, showing its progress; its final record."""
+        while True:
+            record = self.jobs.status(task_id)
+            done, total = record["progress"]["done"], record["progress"]["total"]
+            if record["status"] in FINISHED:
+                return record
+            current = record.get("current")
+            if current:
+                share = (current["last"] - current["first"] + 1) * current["step"] / current["steps"]
+                desc = f"images {current['first']}-{current['last']} of {total}: step {current['step']}/{current['steps']}"
+                progress((done + share) / total, desc=desc)
+            else:
+                progress(done / total, desc=f"{record['status']}: {done} of {total} done")
+            time.sleep(JOB_POLL_S)
 
 
 # ------------------------------------------------------------------------------ layout
@@ -644,10 +667,10 @@ Example photo: `examples/synthetic-portrait.png` (generated, not a real person).
 """
 
 
-def build_demo(engine: Engine, settings: Settings) -> gr.Blocks:
-    """The deepshield UI on `engine`; queue limits from `settings`. Mount it with
-    `gr.mount_gradio_app(api, demo, path="/")`."""
-    handlers = Handlers(engine, settings)
+def build_demo(engine: Engine, settings: Settings, jobs: JobBackend) -> gr.Blocks:
+    """The deepshield UI on `engine`, batch jobs on `jobs`; queue limits from `settings`. Mount
+    it with `gr.mount_gradio_app(api, demo, path="/")`."""
+    handlers = Handlers(engine, settings, jobs)
     engine_events: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": settings.max_concurrent}
     private: dict[str, Any] = {"api_visibility": "private"}
 

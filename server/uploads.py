@@ -6,7 +6,6 @@ itself and reports what is wrong with it.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from deepshield.errors import InvalidImageError, InvalidParameterError
 from server.settings import Settings
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
+NAME_MAX_BYTES = 200  # a kept name, leaving room for suffixes such as ".protected.png" (255 bytes)
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,18 @@ class Upload:
 
 
 def base_name(name: str) -> str:
-    """The last component of a user-supplied file name, with path separators and control
-    characters removed: never absolute, never `..`, never a directory."""
+    """The last component of a user-supplied file name: never absolute, never `..`, never a
+    directory. Control, bidi and other unprintable characters and `:` become `_`, and a name
+    over NAME_MAX_BYTES (UTF-8) loses the end of its stem, keeping its suffix."""
     last = PurePosixPath(str(name).replace("\\", "/")).name
-    return _UNSAFE.sub("_", last).strip()
+    clean = "".join(c if c.isprintable() and c != ":" else "_" for c in last).strip()
+    if len(clean.encode()) <= NAME_MAX_BYTES:
+        return clean
+    stem, suffix = Path(clean).stem, Path(clean).suffix
+    suffix = suffix if len(suffix.encode()) <= 16 else ""
+    while len(f"{stem}{suffix}".encode()) > NAME_MAX_BYTES:
+        stem = stem[:-1]
+    return f"{stem}{suffix}"
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -48,10 +55,10 @@ def unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def output_names(names: Iterable[str]) -> list[str]:
-    """PNG output names keeping the inputs' stems (`a.jpg` -> `a.png`), made unique."""
+def output_names(names: Iterable[str], suffix: str = ".png") -> list[str]:
+    """Output names keeping the inputs' stems (`a.jpg` -> `a.png`), made unique."""
     taken: set[str] = set()
-    return [unique_name(f"{Path(base_name(n)).stem or 'image'}.png", taken) for n in names]
+    return [unique_name(f"{Path(base_name(n)).stem or 'image'}{suffix}", taken) for n in names]
 
 
 def received(path: str | Path, root: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 import urllib.request
@@ -184,7 +185,10 @@ def test_protect_batch_keeps_names_and_never_trusts_zip_paths(served, tmp_path):
         assert_report(item)
     assert len(gallery) == 5 and all(Path(entry["image"]).is_file() for entry in gallery)
     with zipfile.ZipFile(zip_path) as bundle:
-        assert bundle.namelist() == expected
+        assert bundle.namelist() == [*expected, "report.json"]
+        job = json.loads(bundle.read("report.json"))
+        assert job["task_id"] == report[0]["task_id"] and job["summary"] == {"total": 5, "ok": 5, "errors": 0}
+        assert [r["output"] for r in job["results"]] == expected
         sizes = [Image.open(io.BytesIO(bundle.read(name))).size for name in expected]
         formats = {Image.open(io.BytesIO(bundle.read(name))).format for name in expected}
     assert sizes == [(40, 30), (33, 45), (20, 20), (20, 20), (20, 20)] and formats == {"PNG"}
@@ -223,7 +227,13 @@ def test_bad_inputs_are_clear_errors_not_hangs(served, tmp_path):
     assert "no target 'Bald'" in _error_of(served, handle_file(str(good)), "tiny-stargan", "pgd", EPSILON, 2, 0.01, None, ["Bald"])
     # Weights that would need a download: the request never downloads, it says where to load them.
     assert "load it in the Models tab" in _error_of(served, handle_file(str(good)), "stargan-celeba-128", "pgd", EPSILON, 2, 0.01)
-    assert "holiday.png" in _error_of(served, [handle_file(str(good)), handle_file(str(garbage))], "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, api_name="/protect_batch")
+    assert "holiday.png: not a recognised image format" in _error_of(served, [handle_file(str(garbage))], "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, api_name="/protect_batch")
+    # In a batch, a bad photo is reported by name and the others are still protected.
+    gallery, _, report = served.client.predict(
+        [handle_file(str(good)), handle_file(str(garbage))], "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, api_name="/protect_batch"
+    )
+    assert len(gallery) == 1 and report[0]["output"] == "ok.png"
+    assert report[1]["input"] == "holiday.png" and "holiday.png: not a recognised image format" in report[1]["error"]
 
 
 def test_a_full_engine_answers_busy_at_once(served, tmp_path):

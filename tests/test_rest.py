@@ -30,7 +30,6 @@ from PIL import Image
 from deepshield import attacks
 from deepshield.engine import Engine
 from server import observability, rest
-from server.jobs import JobStore, UnknownTaskError
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 from tests.conftest import HAIR, REPO, TINY_PARAMS, make_spec, tiny_models
@@ -406,19 +405,6 @@ def test_sliding_window_frees_a_slot_when_the_oldest_hit_leaves_it():
 # ------------------------------------------------------------------------------------ batch
 
 
-def test_job_store_keeps_only_the_newest_finished_jobs():
-    store = JobStore(lambda item, options: {"status": "ok", "value": item["n"] * options["k"]}, keep=2)
-    ids = []
-    for n in range(4):
-        ids.append(store.submit([{"n": n}], {"k": 10}))
-        wait_for(lambda: store.status(ids[-1])["status"] == "completed")
-    assert store.status(ids[-1])["results"] == [{"index": 0, "status": "ok", "value": 30}]
-    store.submit([{"n": 9}], {"k": 1})  # pruning happens on submit
-    with pytest.raises(UnknownTaskError):
-        store.status(ids[0])
-    assert store.status(ids[2])["progress"] == {"done": 1, "total": 1}
-
-
 def test_batch_job_runs_to_completion_with_per_image_results(serve):
     served = serve()
     images = [
@@ -498,7 +484,7 @@ def test_health_reports_version_device_queue_limits_and_uptime(serve):
         health = served.client.get(path).json()
         assert health["status"] == "ok" and health["version"] == "0.1.0" and health["device"] == "cpu"
         assert health["limits"] == settings.public() and health["models_loaded"] == []
-        assert health["queue"] == {"depth": 0, "running": 0, "max_concurrent": 1, "max_queue": 16, "batch_jobs_waiting": 0}
+        assert health["queue"] == {"depth": 0, "running": 0, "max_concurrent": 1, "max_queue": 16, "batch_jobs_waiting": 0, "batch_backend": "embedded"}
         assert health["uptime_seconds"] >= 0
 
 
