@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 import yaml
+from fastapi import FastAPI
 from PIL import Image
 from safetensors.torch import save_file
 
+from deepshield.engine import Engine
 from deepshield.manifest import ModelSpec, WeightsSource
 from deepshield.models import get_architecture
+from server import observability, rest
+from server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -150,3 +160,79 @@ def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
     return path
+
+
+# ------------------------------------------------------------------ served REST API
+
+
+@pytest.fixture
+def make_engine(models_dir: Path) -> Callable[..., Engine]:
+    """Engines over tiny models: two with weights, one local entry without, one Hub entry."""
+    specs = {
+        **tiny_models(models_dir),
+        "tiny-missing": make_spec("tiny-missing", "cyclegan", TINY_PARAMS["cyclegan"], fmt="official", filename="not-here.pth"),
+        "tiny-hub": make_spec(
+            "tiny-hub", "stargan", TINY_PARAMS["stargan"], fmt="official", kind="hub", repo_id="test-org/absent", filename="g.pth", revision="main", targets=HAIR
+        ),
+    }
+
+    def build(**options: Any) -> Engine:
+        return Engine(specs, device="cpu", **options)
+
+    return build
+
+
+@dataclass
+class Served:
+    client: httpx.Client
+    base_url: str
+    engine: Engine
+    settings: Settings
+
+
+def build_api(engine: Engine, settings: Settings) -> FastAPI:
+    """app.create_app minus the Gradio mount."""
+    api = FastAPI(title="deepshield", version="0.1.0", docs_url="/docs", redoc_url="/redoc")
+    observability.install(api, engine, settings)
+    api.include_router(rest.create_router(engine, settings))
+    return api
+
+
+@pytest.fixture
+def serve(make_engine: Callable[..., Engine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Served]]:
+    """serve(settings=..., engine=..., app=...) -> a running server and an httpx client for it."""
+    running: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+    bodies: list[tuple[str, str]] = []
+
+    def keep_body(response: httpx.Response) -> None:
+        response.read()
+        bodies.append((str(response.request.url), response.text))
+
+    def start(settings: Settings | None = None, engine: Engine | None = None, app: FastAPI | None = None) -> Served:
+        settings = settings or Settings(default_model="tiny-cyclegan")
+        engine = engine or make_engine()
+        app = app or build_api(engine, settings)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="auto"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        base_url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=base_url, timeout=120, event_hooks={"response": [keep_body]})
+        running.append((server, thread, client))
+        return Served(client, base_url, engine, settings)
+
+    yield start
+    for server, thread, client in running:
+        client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+    leaks = [str(REPO), str(tmp_path_factory.getbasetemp()), "site-packages", "Traceback", 'File "']
+    for url, body in bodies:
+        for leak in leaks:
+            assert leak not in body, f"{url} response leaks {leak!r}: {body[:300]}"

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from PIL import Image
 
 from server.settings import Settings
-from tests.conftest import REPO
-from tests.test_rest import FAST, Served, assert_error, b64, make_engine, png, serve, unb64, wait_for  # noqa: F401 - fixtures
+from tests.conftest import REPO, Served
+from tests.test_rest import FAST, assert_error, b64, png, unb64, wait_for
 
 STARTUP_TIMEOUT_S = 90
 
