@@ -127,8 +127,10 @@ def test_a_batch_runs_on_a_celery_worker_through_redis(api, start_worker, celery
     store = redis.Redis.from_url(celery_env["REDIS_URL"])
     assert not store.keys(f"deepshield:job:{job['task_id']}:input:*")  # inputs dropped once done
 
-    again = finished(api, submit(api, photos(3))["task_id"], timeout=60)  # same photos, same settings and seed
+    renamed = [{**photo, "filename": f"other-{photo['filename']}"} for photo in photos(3)]
+    again = finished(api, submit(api, renamed)["task_id"], timeout=60)  # same photos, same settings and seed
     assert all(r["cached"] for r in again["results"])
+    assert [r["metrics"]["input"] for r in again["results"]] == ["other-p0.png", "other-p1.png", "other-p2.png"]  # never another upload's name
     assert base64.b64decode(again["results"][0]["protected_image"]) == first
     assert submit(api, photos(1), seed=1)["task_id"]  # another seed is another key: not served from the cache
 

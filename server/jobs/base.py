@@ -182,6 +182,7 @@ def _store_outcome(record: dict[str, Any], index: int, outcome: ItemOutcome, io:
     entry = {"index": index, "filename": item["filename"], **outcome.entry}
     if entry.get("status") == "ok":
         entry.update(output=item["output"], files=sorted(outcome.files))
+        entry["metrics"] = {**entry["metrics"], "input": item["filename"]}  # a cached outcome may come from another upload
     record["results"] = [r for r in record["results"] if r["index"] != index] + [entry]
 
 
