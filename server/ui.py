@@ -729,7 +729,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend) -> gr.Block
                         batch_button = gr.Button("Protect all", variant="primary", elem_id="batch-button")
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(label="Protected photos", columns=4, format="png", elem_id="batch-gallery")
-                        batch_zip = gr.File(label="Protected photos (.zip of PNGs, original names)", interactive=False, elem_id="batch-zip")
+                        batch_zip = gr.File(label="Protected photos (.zip of PNGs under the original names, with report.json)", interactive=False, elem_id="batch-zip")
                         batch_table = gr.Dataframe(headers=REPORT_COLUMNS, label="Per-image report", interactive=False, elem_id="batch-table")
                         with gr.Accordion("Full report (JSON)", open=False):
                             batch_report = gr.JSON(label="Report", elem_id="batch-report")

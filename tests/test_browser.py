@@ -165,3 +165,26 @@ def test_verify_a_shared_copy_in_the_browser(browser, app_url, tmp_path):
     expect(page.locator("#verify-table")).to_contain_text("cyclegan-vintage")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "verify-tab.png"), full_page=True)
+
+
+def test_a_batch_job_in_the_browser(browser, app_url, tmp_path):
+    broken = tmp_path / "scan.png"
+    broken.write_bytes(b"not a photo")
+    second = tmp_path / "portrait-small.jpg"
+    with Image.open(EXAMPLE) as image:
+        image.convert("RGB").resize((image.width // 2, image.height // 2)).save(second, quality=90)
+    page = open_app(browser, app_url)
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-files input[type=file]").set_input_files([str(EXAMPLE), str(second), str(broken)])
+    expect(page.locator("#batch-files")).to_contain_text("11.0 B", timeout=30_000)  # all three uploaded (the last, scan.png, is 11 bytes)
+    page.locator("#batch-advanced").get_by_text("Advanced").click()
+    set_slider(page, "#batch-iterations", 2)
+    page.locator("#batch-button").click()
+    expect(page.locator("#batch-gallery img")).to_have_count(2, timeout=RESULT_TIMEOUT_MS)
+    table = page.locator("#batch-table")
+    expect(table).to_contain_text("synthetic-portrait.png", timeout=30_000)
+    expect(table).to_contain_text("portrait-small.png")
+    expect(table).to_contain_text("error: scan.png: not a recognised image format")  # the bad photo, by name; the others done
+    expect(page.locator("#batch-zip a").first).to_have_attribute("href", re.compile(r"deepshield-protected\.zip$"), timeout=30_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "batch-tab.png"), full_page=True)
