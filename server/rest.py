@@ -162,6 +162,8 @@ def body_limit(path: str, settings: Settings) -> int:
         return _encoded_budget(settings.max_image_bytes) + JSON_SLACK
     if path == f"{PREFIX}/protect/batch":
         return settings.max_batch_size * _encoded_budget(settings.max_image_bytes) + JSON_SLACK
+    if path == f"{PREFIX}/verify":  # the original and the shared copy
+        return 2 * _encoded_budget(settings.max_image_bytes) + JSON_SLACK
     return SMALL_BODY
 
 

@@ -180,6 +180,18 @@ def test_verify_compares_the_shared_copy_per_model(serve):
     assert_error(served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(source), "models": ["tiny-hub"]}), 409, "model_not_ready")
 
 
+def test_verify_takes_two_photos_at_the_upload_limit(serve):
+    served = serve(Settings(default_model="tiny-cyclegan", max_image_size_mb=1))
+    photo = png(600, 500, seed=3)  # random pixels: about 900 kB, so the body is about 2.4 MB of base64
+    assert 800_000 < len(photo) < 2**20
+    body = {"original": b64(photo), "shared": b64(photo), "models": ["tiny-cyclegan"], "return_deepfakes": False}
+    response = served.client.post("/api/v1/verify", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["models"][0]["mse"] == 0  # the same file: nothing changed
+    too_big = {**body, "shared": b64(png(700, 600, seed=4))}  # above MAX_IMAGE_SIZE_MB
+    assert "above the limit of 1 MB" in assert_error(served.client.post("/api/v1/verify", json=too_big), 413, "image_too_large")["message"]
+
+
 @pytest.mark.parametrize(
     ("method", "random_start", "ran"),
     [("ifgsm", True, "pgd"), ("pgd", False, "ifgsm"), ("ifgsm", None, "ifgsm"), ("I-FGSM", None, "ifgsm"), ("fgsm", False, "fgsm")],
