@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
+from server import rest
+from server.jobs import EmbeddedJobs, JobInput, UnknownTaskError
 from server.settings import Settings
 from tests.conftest import REPO, Served
 from tests.test_rest import FAST, assert_error, b64, png, unb64, wait_for
@@ -172,3 +175,17 @@ def test_a_job_whose_inputs_are_gone_is_marked_interrupted_not_lost(cli_env, tmp
     with app_process(env, log) as client:
         status = client.get(job["status_url"]).json()
     assert status["status"] == "interrupted" and "submit it again" in status["note"] and status["finished_at"] is not None
+
+
+def test_finished_jobs_expire_from_disk_and_status(make_engine, tmp_path):
+    service = rest.ProtectService(make_engine(), Settings(default_model="tiny-cyclegan"))
+    jobs = EmbeddedJobs(service.process_items, tmp_path / "jobs", ttl_seconds=1.0)
+    options = {**FAST, "model_type": "tiny-cyclegan"}
+    task_id = jobs.submit([JobInput("a.png", png(32, 32))], options)
+    wait_for(lambda: jobs.status(task_id)["status"] == "completed")
+    assert jobs.read_file(task_id, 0, "protected").startswith(b"\x89PNG")
+    time.sleep(1.2)
+    with pytest.raises(UnknownTaskError, match="kept for"):
+        jobs.status(task_id)  # expired at the next look, even with no new job since
+    assert not (tmp_path / "jobs" / task_id).exists()
+    jobs.close()

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _RESUMED_NOTE = "interrupted by a server restart; resumed after its last saved photo"
 _LOST_NOTE = "interrupted by a server restart and its uploaded photos were lost; submit it again"
+SWEEP_SECONDS = 300.0  # an idle worker deletes expired jobs this often
 _CRASHED_NOTE = "stopped by an internal error (logged on the server); submit it again"
 
 
@@ -83,7 +84,6 @@ class EmbeddedJobs:
     def submit(self, inputs: Sequence[JobInput], options: Mapping[str, Any]) -> str:
         """Store the job's photos and record, queue it, and return its task id at once."""
         with self._lock:
-            self._prune()
             if self._queue.qsize() >= self._max_pending:
                 raise JobQueueFullError(f"{self._max_pending} batch jobs are already waiting; retry in a minute")
         task_id = uuid.uuid4().hex
@@ -96,12 +96,12 @@ class EmbeddedJobs:
         staging.rename(self.root / task_id)  # the job appears whole or not at all
         with self._lock:
             self._records[task_id] = record
-            self._start_workers()
         self._queue.put(task_id)
         return task_id
 
     def status(self, task_id: str) -> dict[str, Any]:
         with self._lock:
+            self._prune()  # an expired job is gone, whether or not a new one came since
             record = self._records.get(task_id)
             if record is None:
                 raise UnknownTaskError(f"no batch job with id {task_id!r} (finished jobs are kept for {self._ttl / 3600:g} hours)")
@@ -136,7 +136,12 @@ class EmbeddedJobs:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            task_id = self._queue.get()
+            try:
+                task_id = self._queue.get(timeout=SWEEP_SECONDS)
+            except queue.Empty:  # idle: delete expired jobs from disk
+                with self._lock:
+                    self._prune()
+                continue
             if task_id and not self._stopping.is_set():
                 self._run(task_id)
 
@@ -195,7 +200,8 @@ class EmbeddedJobs:
             self._records[task_id] = record
         if not self._queue.empty():
             log.info("resuming %d interrupted batch job(s)", self._queue.qsize())
-            self._start_workers()
+        self._prune()
+        self._start_workers()
 
     def _prune(self) -> None:
         """Delete finished jobs past the TTL, then the oldest finished ones beyond `keep`."""
