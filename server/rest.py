@@ -22,7 +22,6 @@ import binascii
 import io
 import logging
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -61,6 +60,7 @@ from server.jobs import (
 )
 from server.jobs.base import ItemOutcome
 from server.ratelimit import SlidingWindowLimiter
+from server.redact import scrub
 from server.schemas import (
     RANDOM_START_RULE,
     STEP_SIZE_MAX,
@@ -103,15 +103,6 @@ class ApiError(HTTPException):
 
 def error_response(status: int, kind: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": kind, "message": message, **extra}, status_code=status, headers=dict(headers or {}))
-
-
-# An absolute or home-relative path not glued to a word, URL scheme or variable ($DIR/x).
-_PATH = re.compile(r"(?<![\w$:/.~-])(?:~|\.{1,2})?/(?:[^\s'\"`,;:()<>\[\]{}/]+/)*([^\s'\"`,;:()<>\[\]{}/]*)")
-
-
-def scrub(text: str) -> str:
-    """Replace server file system paths in an engine message with `.../<file name>`."""
-    return _PATH.sub(lambda m: f".../{m.group(1)}" if m.group(1) else "...", text)
 
 
 def from_deepshield(error: DeepshieldError) -> ApiError:
@@ -496,6 +487,8 @@ def _error_outcome(error: ApiError) -> ItemOutcome:
 
 _ERROR_TEXT = {
     400: "The image is not valid base64 or not a decodable image.",
+    401: "Model management needs the admin token (Authorization: Bearer ...).",
+    403: "Wrong admin token.",
     404: "Unknown model or task.",
     409: "The model's weights are not on the server yet: POST /api/v1/models/{name}/load.",
     413: "Request body, image file or image dimensions above the server's limits.",
@@ -621,9 +614,20 @@ def create_router(engine: Engine, settings: Settings, jobs: JobBackend | None = 
         """As `python -m deepshield models --json`: status loaded / cached / downloadable / unavailable."""
         return [{**row, "reason": scrub(row["reason"])} for row in engine.list_models()]
 
-    @router.post(f"{PREFIX}/models/{{name}}/load", responses=errors(404, 429, 503), tags=["models"], summary="Load a model (downloading its weights if needed)")
-    async def load_model(name: str) -> dict[str, Any]:
-        """The one place that may download weights; runs in a worker thread."""
+    def require_admin(request: Request) -> None:
+        """With DEEPSHIELD_ADMIN_TOKEN set, model management needs `Authorization: Bearer <token>`."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if settings.admin_token and scheme.lower() != "bearer":
+            raise ApiError(401, "unauthorized", "loading and unloading models needs the admin token: send Authorization: Bearer <DEEPSHIELD_ADMIN_TOKEN>",
+                           {"WWW-Authenticate": "Bearer"})
+        if not settings.admin_allowed(token.strip()):
+            raise ApiError(403, "forbidden", "wrong admin token")
+
+    @router.post(f"{PREFIX}/models/{{name}}/load", responses=errors(401, 403, 404, 429, 503), tags=["models"], summary="Load a model (downloading its weights if needed)")
+    async def load_model(name: str, request: Request) -> dict[str, Any]:
+        """The one place that may download weights; runs in a worker thread. Needs the admin token
+        when the server has one (DEEPSHIELD_ADMIN_TOKEN)."""
+        require_admin(request)
         engine.spec(name)
         begin = time.perf_counter()
         model = await run_in_threadpool(engine.load, name, allow_download=True)
@@ -637,8 +641,10 @@ def create_router(engine: Engine, settings: Settings, jobs: JobBackend | None = 
             "seconds": round(time.perf_counter() - begin, 3),
         }
 
-    @router.post(f"{PREFIX}/models/{{name}}/unload", responses=errors(404, 429), tags=["models"], summary="Free a model's memory")
-    def unload_model(name: str) -> dict[str, Any]:
+    @router.post(f"{PREFIX}/models/{{name}}/unload", responses=errors(401, 403, 404, 429), tags=["models"], summary="Free a model's memory")
+    def unload_model(name: str, request: Request) -> dict[str, Any]:
+        """Needs the admin token when the server has one (DEEPSHIELD_ADMIN_TOKEN)."""
+        require_admin(request)
         engine.spec(name)
         unloaded = engine.unload(name)
         return {"name": name, "unloaded": unloaded, "status": engine.status(name)[0]}

@@ -5,6 +5,7 @@ Every variable is listed in README.md ("Server settings") and in `.env.example`.
 
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class Settings:
     job_retention_hours: float = 24.0
     visibility_timeout: int = 3600
     worker_concurrency: int = 1
+    admin_token: str = field(default="", repr=False)  # a secret: never logged, never in public()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -95,6 +97,7 @@ class Settings:
             job_retention_hours=_float("JOB_RETENTION_HOURS", default=24.0),
             visibility_timeout=_int("CELERY_VISIBILITY_TIMEOUT", default=3600, minimum=1),
             worker_concurrency=_int("CELERY_WORKER_CONCURRENCY", default=1, minimum=1),
+            admin_token=_env("DEEPSHIELD_ADMIN_TOKEN", "ADMIN_TOKEN", default=""),
         )
 
     @property
@@ -111,4 +114,9 @@ class Settings:
             "max_image_dimension": self.max_image_dimension,
             "max_batch_size": self.max_batch_size,
             "job_backend": "celery" if self.broker_url else "embedded",
+            "model_management": "admin token" if self.admin_token else "open",
         }
+
+    def admin_allowed(self, token: str | None) -> bool:
+        """Model management (load / unload) is open without DEEPSHIELD_ADMIN_TOKEN, else needs it."""
+        return not self.admin_token or hmac.compare_digest((token or "").encode(), self.admin_token.encode())

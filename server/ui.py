@@ -31,6 +31,7 @@ from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
 from server import observability, uploads
 from server.jobs import FINISHED, JobBackend, JobInput, JobQueueFullError, results
+from server.redact import scrub
 from server.settings import Settings
 
 log = logging.getLogger("deepshield.ui")
@@ -66,7 +67,7 @@ def _user_errors() -> Iterator[None]:
     except gr.Error:
         raise
     except DeepshieldError as error:
-        raise gr.Error(html.escape(str(error), quote=False), print_exception=False) from None
+        raise gr.Error(html.escape(scrub(str(error)), quote=False), print_exception=False) from None
     except Exception:
         log.exception("unexpected error in a UI handler")
         raise gr.Error("unexpected server error; the details are in the server log", print_exception=False) from None
@@ -318,13 +319,13 @@ class Handlers:
     def models(self) -> list[dict[str, Any]]:
         """Every manifest model with its status, as `python -m deepshield models --json`."""
         with _user_errors():
-            return self.engine.list_models()
+            return [{**row, "reason": scrub(row["reason"])} for row in self.engine.list_models()]
 
     def models_table(self, rows: list[dict[str, Any]] | None) -> list[list[Any]]:
         table = []
         for row in rows or []:
             spec = self.engine.specs.get(row["name"])
-            source = spec.weights.describe() if spec else str(row.get("weights"))
+            source = scrub(spec.weights.describe() if spec else str(row.get("weights")))
             device = self.engine.device.type if row["status"] == "loaded" else f"- (loads on {self.engine.device.type})"
             table.append([row["name"], row["status"], row["image_size"], ", ".join(row["labels"]) or "-", device, source, row["reason"]])
         return table
@@ -339,9 +340,11 @@ class Handlers:
         choices = self.model_choices()
         return self.models_table(rows), gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
 
-    def load(self, name: str | None, progress: gr.Progress = gr.Progress()) -> str:
-        """Load a model (downloading its weights if needed): an explicit user action."""
+    def load(self, name: str | None, token: str | None = None, progress: gr.Progress = gr.Progress()) -> str:
+        """Load a model (downloading its weights if needed): an explicit user action, which
+        needs the admin token when the server has one."""
         with _user_errors():
+            self._require_admin(token)
             if not name:
                 raise InvalidParameterError("choose a model to load")
             progress(0.0, desc=f"loading {name} (downloading its weights if needed)")
@@ -352,14 +355,19 @@ class Handlers:
                 f"({model.num_parameters:,} parameters, weights {model.weights_path.name}, sha256 {model.weights_sha256[:12]}...)."
             )
 
-    def unload(self, name: str | None) -> str:
+    def unload(self, name: str | None, token: str | None = None) -> str:
         with _user_errors():
+            self._require_admin(token)
             if not name:
                 raise InvalidParameterError("choose a model to unload")
             self.engine.spec(name)
             if self.engine.unload(name):
                 return f"Unloaded **{name}**."
             return f"**{name}** was not loaded."
+
+    def _require_admin(self, token: str | None) -> None:
+        if not self.settings.admin_allowed(token):
+            raise gr.Error("loading and unloading models needs this server's admin token (DEEPSHIELD_ADMIN_TOKEN)", print_exception=False)
 
     def _require_local_weights(self, model: str) -> None:
         """Requests never download: point the user at the Models tab instead."""
@@ -769,6 +777,8 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend) -> gr.Block
                     load_button = gr.Button("Load (may download)", scale=1)
                     unload_button = gr.Button("Unload", scale=1)
                     refresh_button = gr.Button("Refresh", scale=1)
+                admin_token = gr.Textbox(label="Admin token (DEEPSHIELD_ADMIN_TOKEN): needed to load or unload models on this server",
+                                         type="password", visible=bool(settings.admin_token), elem_id="admin-token")
                 models_status = gr.Markdown()
                 with gr.Accordion("Model list (JSON, as `models --json`)", open=False):
                     models_json = gr.JSON(label="Models")
@@ -810,10 +820,10 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend) -> gr.Block
         # UI-only: model management, and fresh statuses whenever the page opens
         refresh_outputs = [models_json, models_table, *dropdowns]
         quiet = {"show_progress": "hidden", **private}
-        load_button.click(handlers.load, inputs=models_choice, outputs=models_status, **private).then(
+        load_button.click(handlers.load, inputs=[models_choice, admin_token], outputs=models_status, **private).then(
             handlers.refresh, outputs=refresh_outputs, **quiet
         )
-        unload_button.click(handlers.unload, inputs=models_choice, outputs=models_status, **private).then(
+        unload_button.click(handlers.unload, inputs=[models_choice, admin_token], outputs=models_status, **private).then(
             handlers.refresh, outputs=refresh_outputs, **quiet
         )
         demo.load(handlers.refresh, outputs=refresh_outputs, **quiet)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from PIL import Image
 
 from deepshield.engine import Engine
 from deepshield.manifest import load_manifest
+from server import ui
 from server.settings import Settings
 from tests.conftest import HAIR, REPO, tiny_models
 from tests.live_server import build_app, running
@@ -205,6 +207,8 @@ def test_models_lists_the_manifest_with_statuses(served):
     assert by_name["cyclegan-vintage"]["status"] in ("cached", "loaded")
     assert by_name["stargan-celeba-128"]["status"] == "downloadable"
     assert by_name["cyclegan-horse2zebra"]["status"] == "unavailable"
+    reasons = " ".join(row["reason"] for row in rows)
+    assert "weights at .../G_A2B_epoch33.pth" in reasons and str(REPO) not in reasons and "site-packages" not in reasons
 
 
 def _error_of(served: Served, *args, api_name: str = "/protect") -> str:
@@ -271,3 +275,18 @@ def test_a_request_cannot_name_a_server_file_as_its_input(served):
             assert started.status_code == 200, started.text
             events = httpx.get(f"{served.url}gradio_api/call/{api}/{started.json()['event_id']}", timeout=60).text
             assert "event: error" in events and "event: complete" not in events, events[:500]
+
+
+def test_ui_model_management_needs_the_admin_token_when_the_server_has_one(make_engine):
+    engine = make_engine()
+    handlers = ui.Handlers(engine, Settings(admin_token="tok"), jobs=None)
+    for token in (None, "", "wrong"):
+        with pytest.raises(gr.Error, match="admin token"):
+            handlers.load("tiny-cyclegan", token, progress=lambda *_, **__: None)
+        with pytest.raises(gr.Error, match="admin token"):
+            handlers.unload("tiny-cyclegan", token)
+    assert not engine.is_loaded("tiny-cyclegan")
+    assert handlers.load("tiny-cyclegan", "tok", progress=lambda *_, **__: None).startswith("Loaded **tiny-cyclegan**")
+    assert handlers.unload("tiny-cyclegan", "tok") == "Unloaded **tiny-cyclegan**."
+    open_server = ui.Handlers(engine, Settings(), jobs=None)  # no token configured: open, as before
+    assert open_server.load("tiny-cyclegan", None, progress=lambda *_, **__: None).startswith("Loaded")

@@ -403,6 +403,21 @@ def test_models_list_load_and_unload(serve):
     assert_error(served.client.post("/api/v1/models/nope/unload"), 404, "unknown_model")
 
 
+def test_model_management_needs_the_admin_token_when_the_server_has_one(serve):
+    served = serve(Settings(default_model="tiny-cyclegan", admin_token="s3cret-token"))
+    missing = assert_error(served.client.post("/api/v1/models/tiny-cyclegan/load"), 401, "unauthorized")
+    assert "Authorization: Bearer" in missing["message"]
+    wrong = {"Authorization": "Bearer guess"}
+    assert_error(served.client.post("/api/v1/models/tiny-cyclegan/load", headers=wrong), 403, "forbidden")
+    assert_error(served.client.post("/api/v1/models/tiny-cyclegan/unload", headers=wrong), 403, "forbidden")
+    assert served.client.get("/health").json()["models_loaded"] == []
+    right = {"Authorization": "Bearer s3cret-token"}
+    assert served.client.post("/api/v1/models/tiny-cyclegan/load", headers=right).json()["status"] == "loaded"
+    assert served.client.post("/api/v1/models/tiny-cyclegan/unload", headers=right).json()["unloaded"] is True
+    health = served.client.get("/health").text
+    assert "s3cret-token" not in health and '"model_management":"admin token"' in health
+
+
 def test_attack_methods_config(serve):
     config = serve().client.get("/api/v1/config/attack-methods").json()
     methods = {m["name"]: m for m in config["methods"]}
