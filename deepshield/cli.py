@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,9 @@ from deepshield import attacks
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
 from deepshield.weights import convert_checkpoint, resolve_weights
+
+NAME_MAX = 255  # bytes in one file name on common file systems
+OUTPUT_SUFFIXES = (".protected.png", ".deepfake_original.png", ".deepfake_protected.png")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,18 +93,31 @@ def _print_models(engine: Engine, as_json: bool) -> None:
         print(f"{row['name']:28} {row['architecture']:17} {row['image_size']:>5}px  {row['status']:12} {row['reason']}{labels}")
 
 
+def shown(text: str) -> str:
+    """`text` safe to print on one terminal line: control, bidi and undecodable characters of
+    file names are escaped (\\n, \\x1b, \\u202e, \\udce9) instead of acting on the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def output_stem(path: str | os.PathLike[str]) -> str:
+    """The stem of an input, cut (whole characters) so `<stem>.deepfake_protected.png` and the
+    other output names fit in NAME_MAX bytes."""
+    stem, room = Path(path).stem, NAME_MAX - max(map(len, OUTPUT_SUFFIXES))
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem
+
+
 def _output_paths(args: argparse.Namespace) -> list[Path]:
-    inputs = [Path(p) for p in args.inputs]
     if args.output:
-        if len(inputs) != 1:
+        if len(args.inputs) != 1:
             raise InvalidParameterError("-o/--output takes one input; use --out-dir for several")
         return [Path(args.output)]
-    out_dir = Path(args.out_dir)
-    stems = [p.stem for p in inputs]
+    stems = [output_stem(p) for p in args.inputs]
     duplicates = {s for s in stems if stems.count(s) > 1}
     if duplicates:
-        raise InvalidParameterError(f"several inputs share the name {sorted(duplicates)[0]!r}; their outputs would overwrite each other")
-    return [out_dir / f"{p.stem}.protected.png" for p in inputs]
+        raise InvalidParameterError(f"several inputs share the name {min(duplicates)!r}; their outputs would overwrite each other")
+    return [Path(args.out_dir) / f"{stem}.protected.png" for stem in stems]
 
 
 def _protect(args: argparse.Namespace) -> None:
@@ -134,7 +151,7 @@ def _protect(args: argparse.Namespace) -> None:
                 output = outputs[start + offset]
                 report = {"input": str(args.inputs[start + offset]), "output": str(output), **_without(result.save(output), "input")}
                 if args.deepfake_dir:
-                    stem = Path(args.inputs[start + offset]).stem
+                    stem = output_stem(args.inputs[start + offset])
                     Path(args.deepfake_dir).mkdir(parents=True, exist_ok=True)
                     result.deepfake_original.save(Path(args.deepfake_dir) / f"{stem}.deepfake_original.png")
                     result.deepfake_protected.save(Path(args.deepfake_dir) / f"{stem}.deepfake_protected.png")
@@ -146,9 +163,10 @@ def _protect(args: argparse.Namespace) -> None:
             _write_json(args.report, reports)
     for report in reports:
         d, p = report["disruption"], report["perturbation"]
+        ssim = "n/a" if p["ssim"] is None else f"{p['ssim']:.4f}"  # None below 3 px a side
         print(
-            f"{report['output']}: disruption mse {d['mse']:.4f} ({'disrupted' if d['disrupted'] else 'NOT disrupted'}), "
-            f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {p['ssim']:.4f}, {report['seconds']:.2f}s"
+            f"{shown(report['output'])}: disruption mse {d['mse']:.4f} ({'disrupted' if d['disrupted'] else 'NOT disrupted'}), "
+            f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {ssim}, {report['seconds']:.2f}s"
         )
         if "perceptual" in report:
             print(f"  perceptual: perturbation scaled by {report['perceptual']['scale']:.3f} to keep ssim >= {report['perceptual']['ssim_floor']:g}")
@@ -183,7 +201,7 @@ def _verify(args: argparse.Namespace) -> None:
         return
     shared = report["shared"]
     quality = f" quality ~{shared['jpeg_quality']}" if shared["jpeg_quality"] else ""
-    print(f"{shared['name']}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, scale {report['scale']:g} of the original")
+    print(f"{shown(shared['name'])}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, scale {report['scale']:g} of the original")
     for check in result.checks:
         verdict = "still disrupted" if check.disrupted else "NOT disrupted"
         print(f"  {check.model:28} mse {check.mse:.4f} vs the original shared the same way: {verdict}")
@@ -230,7 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _convert(args)
     except DeepshieldError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown(str(error))}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an output that cannot be written: read-only folder, full disk, ...
+        where = f"{shown(str(error.filename))}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

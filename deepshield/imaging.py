@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from deepshield.errors import InvalidImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; a decompression bomb claims far more
+# The formats a photo is read from. Every other PIL plugin stays off: EPS would run Ghostscript,
+# and exotic decoders are attack surface no photo needs.
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG includes multi-picture (MPO) files
+INPUT_FORMATS_TEXT = "PNG, JPEG, WebP, TIFF, BMP or GIF"
 LOSSLESS_FORMATS = {"PNG", "TIFF", "BMP", "WEBP_LOSSLESS"}
 _FORMAT_BY_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
@@ -72,7 +78,7 @@ def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
             width, height = image.size
             if width * height > limit:
                 raise InvalidImageError(
@@ -83,7 +89,7 @@ def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str |
     except InvalidImageError:
         raise
     except UnidentifiedImageError:
-        raise InvalidImageError(f"{label}: not a recognised image format (PNG, JPEG, WebP, TIFF, BMP, GIF ...)") from None
+        raise InvalidImageError(f"{label}: not a recognised image format ({INPUT_FORMATS_TEXT})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidImageError(f"{label}: image dimensions exceed the safety limit (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -105,13 +111,36 @@ def read_file(path: str | os.PathLike[str], label: str | None = None) -> bytes:
         raise InvalidImageError(f"{label}: cannot be read ({exc.strerror})") from None
 
 
+# EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What PIL raises on malformed EXIF data.
+_EXIF_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, struct.error)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says. Only the orientation tag is read: unlike
+    ImageOps.exif_transpose nothing is re-encoded, so malformed EXIF elsewhere cannot fail the
+    photo; unreadable or invalid orientations leave it as stored."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except _EXIF_ERRORS:
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
+
+
 def _from_pil(image: Image.Image, label: str) -> Photo:
     if image.width == 0 or image.height == 0:
         raise InvalidImageError(f"{label}: the image has zero width or height")
-    try:
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError):
-        pass  # unreadable EXIF: keep the stored orientation
+    image = upright(image)
     alpha, wide = None, None
     gray = image.mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -240,10 +269,15 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write bytes under a temporary name, then rename: no half-written output on a crash."""
+    """Write bytes under a temporary name, then rename: no half-written output on a crash. The
+    temporary name is short and unique, so any name that fits the file system can be written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{uuid.uuid4().hex}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -6,6 +6,7 @@ itself and reports what is wrong with it.
 
 from __future__ import annotations
 
+import stat
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -110,19 +111,24 @@ def is_zip(upload: Upload) -> bool:
 def extract_images(archive: Upload, destination: Path, settings: Settings, *, limit: int, taken: set[str]) -> list[Upload]:
     """The image entries of an uploaded zip, written into `destination` under their base names.
 
-    Directories, hidden files, macOS resource forks and non-image entries are skipped; entry
-    paths are never used, so an entry can neither leave `destination` (zip-slip, absolute
-    names) nor overwrite another. At most `limit` images, each within MAX_IMAGE_SIZE_MB.
+    Directories, symbolic links, hidden files, macOS resource forks, zips inside the zip and
+    non-image entries are skipped; entry paths are never used, so an entry can neither leave
+    `destination` (zip-slip, absolute names) nor overwrite another. At most `limit` images,
+    each within MAX_IMAGE_SIZE_MB (read up to that much, whatever the entry declares).
     """
     try:
         bundle = zipfile.ZipFile(archive.path)
     except (zipfile.BadZipFile, OSError):
         raise InvalidImageError(f"{archive.name}: not a readable zip archive") from None
     found: list[Upload] = []
+    nested = False
     with bundle:
         for info in bundle.infolist():
             name = base_name(info.filename)
-            if info.is_dir() or not name or name.startswith(".") or "__MACOSX" in info.filename:
+            if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16) or not name or name.startswith(".") or "__MACOSX" in info.filename:
+                continue
+            if Path(name).suffix.lower() == ".zip":
+                nested = True
                 continue
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -131,16 +137,20 @@ def extract_images(archive: Upload, destination: Path, settings: Settings, *, li
             label = f"{archive.name}/{name}"
             if info.file_size > settings.max_image_bytes:
                 raise InvalidImageError(f"{label}: {info.file_size / 2**20:.1f} MB is above the {settings.max_image_size_mb:g} MB limit (MAX_IMAGE_SIZE_MB)")
+            if info.flag_bits & 0x1:
+                raise InvalidImageError(f"{label}: is encrypted; password-protected zips are not supported, zip the photos without a password")
             try:
                 with bundle.open(info) as source:
                     data = source.read(settings.max_image_bytes + 1)
             except (RuntimeError, NotImplementedError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InvalidImageError(f"{label}: cannot be extracted ({exc}); encrypted or damaged entries are not supported") from None
+                raise InvalidImageError(f"{label}: cannot be extracted ({exc}); the zip is damaged or uses an unsupported compression method") from None
             if len(data) > settings.max_image_bytes:
                 raise InvalidImageError(f"{label}: above the {settings.max_image_size_mb:g} MB limit (MAX_IMAGE_SIZE_MB)")
             target = destination / unique_name(name, taken)
             target.write_bytes(data)
             found.append(Upload(target, name))
+    if nested and not found:
+        raise InvalidImageError(f"{archive.name}: holds zip files but no photos; zips inside a zip are not opened, put the photos in one zip")
     return found
 
 
