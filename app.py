@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     demo = ui.build_demo(engine, settings, jobs)
     if settings.preload_models:
         preload(engine, settings.preload_models)
-    return gr.mount_gradio_app(api, demo, path="/")
+    # The largest file the UI takes: a zip of a full batch; single photos are checked again
+    # against MAX_IMAGE_SIZE_MB. Gradio refuses bigger uploads (413) before writing them to disk.
+    return gr.mount_gradio_app(api, demo, path="/", max_file_size=settings.max_batch_size * settings.max_image_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

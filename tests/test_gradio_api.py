@@ -290,3 +290,14 @@ def test_ui_model_management_needs_the_admin_token_when_the_server_has_one(make_
     assert handlers.unload("tiny-cyclegan", "tok") == "Unloaded **tiny-cyclegan**."
     open_server = ui.Handlers(engine, Settings(), jobs=None)  # no token configured: open, as before
     assert open_server.load("tiny-cyclegan", None, progress=lambda *_, **__: None).startswith("Loaded")
+
+
+def test_gradio_refuses_uploads_above_a_full_batch_zip(make_engine):
+    settings = Settings(max_image_size_mb=0.05, max_batch_size=2, log_level="WARNING")  # a zip of two 50 kB photos at most
+    limit = settings.max_batch_size * settings.max_image_bytes
+    with running(build_app(make_engine(), settings)) as url:
+        upload = f"{url.rstrip('/')}/gradio_api/upload"
+        accepted = httpx.post(upload, files={"files": ("fits.zip", b"x" * (limit - 1024))}, timeout=30)
+        refused = httpx.post(upload, files={"files": ("huge.zip", b"x" * (limit + 1024))}, timeout=30)
+    assert accepted.status_code == 200, accepted.text
+    assert refused.status_code == 413, refused.text
