@@ -1,4 +1,5 @@
-"""Structured JSON logs, request logging, Prometheus metrics and CORS for the FastAPI app.
+"""Structured JSON logs, request logging, Prometheus metrics, CORS and a retry hint on Gradio's
+queue-full refusals for the FastAPI app.
 
 `install(api, engine, settings)` wires everything onto one app; each app gets its own
 `CollectorRegistry`, so several apps can live in one process (tests). `record_attack` is the
@@ -33,6 +34,8 @@ from server.settings import Settings
 
 access_log = logging.getLogger("server.access")
 
+GRADIO_API = "/gradio_api/"
+QUEUE_FULL_RETRY_AFTER = 5  # seconds, as REST's busy 503 (server.rest.BUSY_RETRY_AFTER)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ATTACK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
@@ -198,18 +201,43 @@ class ObservabilityMiddleware:
             )
 
 
+class RetryHintMiddleware:
+    """Adds `Retry-After` to the Gradio API's 503s ("Queue is full. Max size is N ..."), which
+    Gradio sends without one, so a refusal from either API says when to try again."""
+
+    def __init__(self, app: ASGIApp, seconds: int = QUEUE_FULL_RETRY_AFTER) -> None:
+        self.app = app
+        self.header = (b"retry-after", str(seconds).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or GRADIO_API not in scope["path"]:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hint(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    message = {**message, "headers": [*headers, self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_hint)
+
+
 # ------------------------------------------------------------------------------------ install
 
 
 def install(api: FastAPI, engine: Engine, settings: Settings) -> AppMetrics:
     """JSON logs at settings.log_level, request logging + metrics middleware, GET /metrics,
-    and CORS for settings.allowed_origins (no origins: no CORS headers at all)."""
+    CORS for settings.allowed_origins (no origins: no CORS headers at all), and Retry-After on
+    the Gradio API's queue-full 503s."""
     configure_logging(settings.log_level)
     metrics = AppMetrics(engine)
     with _SINKS_LOCK:
         _SINKS.add(metrics)
     api.state.metrics = metrics
 
+    api.add_middleware(RetryHintMiddleware)
     if settings.allowed_origins:
         api.add_middleware(
             CORSMiddleware,
