@@ -22,6 +22,7 @@ from deepshield.engine import Engine
 from deepshield.errors import DeepshieldError
 from server import observability, rest, serving, ui
 from server.jobs import create_backend
+from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 
 
@@ -60,8 +61,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     observability.install(api, engine, settings)
     jobs = create_backend(settings, rest.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
     api.router.on_shutdown.append(jobs.close)  # embedded jobs stop after their chunk and resume at the next start
-    api.include_router(rest.create_router(engine, settings, jobs))
-    demo = ui.build_demo(engine, settings, jobs)
+    limiter = SlidingWindowLimiter(settings.rate_limit_per_minute)  # one budget per client for the UI and REST
+    api.include_router(rest.create_router(engine, settings, jobs, limiter))
+    demo = ui.build_demo(engine, settings, jobs, limiter)
     if settings.preload_models:
         preload(engine, settings.preload_models)
     # The largest file the UI takes: a zip of a full batch; single photos are checked again

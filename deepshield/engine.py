@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from deepshield.models import Generator
 from deepshield.weights import find_local_weights, load_model, missing_weights_hint
 
 log = logging.getLogger("deepshield.engine")
+_CALLER_QUEUES: ContextVar[bool] = ContextVar("deepshield_caller_queues", default=False)  # see Engine.caller_queue
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 ProgressCallback = Callable[[int, int], None]
@@ -392,12 +394,13 @@ class Engine:
 
     @contextmanager
     def admission(self) -> Iterator[None]:
-        """Run under the concurrency limit; refuse at once when `max_queue` callers already wait.
+        """Run under the concurrency limit; refuse at once when `max_queue` callers already wait
+        (unless the caller bounds its own waiting line, see `caller_queue`).
 
         Every entry point (UI, REST, CLI, Python) goes through here, so nothing bypasses the limit.
         """
         with self._lock:
-            if self._waiting >= self.max_queue and self._running >= self.max_concurrent:
+            if not _CALLER_QUEUES.get() and self._waiting >= self.max_queue and self._running >= self.max_concurrent:
                 raise ServerBusyError(
                     f"the server is busy: {self._running} protection(s) running and {self._waiting} waiting "
                     f"(limit {self.max_queue}); retry in a few seconds"
@@ -416,6 +419,18 @@ class Engine:
             with self._lock:
                 self._running -= 1
             self._slots.release()
+
+    @staticmethod
+    @contextmanager
+    def caller_queue() -> Iterator[None]:
+        """Calls made inside wait for a slot however many others wait: for callers that already
+        hold a place in a bounded queue of their own (the UI's Gradio queue), so a request it
+        admitted is never turned away as busy afterwards."""
+        token = _CALLER_QUEUES.set(True)
+        try:
+            yield
+        finally:
+            _CALLER_QUEUES.reset(token)
 
     @property
     def queue_depth(self) -> int:

@@ -542,12 +542,15 @@ def attack_methods() -> dict[str, Any]:
     }
 
 
-def create_router(engine: Engine, settings: Settings, jobs: JobBackend | None = None) -> APIRouter:
+def create_router(
+    engine: Engine, settings: Settings, jobs: JobBackend | None = None, limiter: SlidingWindowLimiter | None = None
+) -> APIRouter:
     """The REST API v1 routes, /health included, bound to `engine` and `settings`; batch jobs go
-    to `jobs` (default: the backend `settings` choose, see server.jobs.create_backend)."""
+    to `jobs` (default: the backend `settings` choose, see server.jobs.create_backend); POST
+    requests count against `limiter` (default: one of RATE_LIMIT_PER_MINUTE for this router)."""
     service = ProtectService(engine, settings)
     jobs = jobs or create_backend(settings, service.process_items, workers=engine.max_concurrent)
-    limiter = SlidingWindowLimiter(settings.rate_limit_per_minute, window=60.0)
+    limiter = limiter or SlidingWindowLimiter(settings.rate_limit_per_minute, window=60.0)
     router = APIRouter(route_class=make_route_class(settings, limiter))
     started = time.time()
 

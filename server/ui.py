@@ -31,6 +31,7 @@ from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
 from server import observability, uploads
 from server.jobs import FINISHED, JobBackend, JobInput, JobQueueFullError, results
+from server.ratelimit import SlidingWindowLimiter
 from server.redact import scrub
 from server.settings import Settings
 
@@ -277,10 +278,13 @@ class OutputStore:
 class Handlers:
     """Event handlers bound to one engine; each returns plain values for Gradio components."""
 
-    def __init__(self, engine: Engine, settings: Settings, jobs: JobBackend, store: OutputStore | None = None) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, jobs: JobBackend, limiter: SlidingWindowLimiter | None = None, store: OutputStore | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.jobs = jobs
+        self.limiter = limiter or SlidingWindowLimiter(settings.rate_limit_per_minute)
         self.store = store or OutputStore()
 
     # ------------------------------------------------------------ models
@@ -340,10 +344,11 @@ class Handlers:
         choices = self.model_choices()
         return self.models_table(rows), gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
 
-    def load(self, name: str | None, token: str | None = None, progress: gr.Progress = gr.Progress()) -> str:
+    def load(self, name: str | None, token: str | None = None, request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> str:
         """Load a model (downloading its weights if needed): an explicit user action, which
         needs the admin token when the server has one."""
         with _user_errors():
+            self._rate_limit(request)
             self._require_admin(token)
             if not name:
                 raise InvalidParameterError("choose a model to load")
@@ -355,8 +360,9 @@ class Handlers:
                 f"({model.num_parameters:,} parameters, weights {model.weights_path.name}, sha256 {model.weights_sha256[:12]}...)."
             )
 
-    def unload(self, name: str | None, token: str | None = None) -> str:
+    def unload(self, name: str | None, token: str | None = None, request: gr.Request | None = None) -> str:
         with _user_errors():
+            self._rate_limit(request)
             self._require_admin(token)
             if not name:
                 raise InvalidParameterError("choose a model to unload")
@@ -364,6 +370,15 @@ class Handlers:
             if self.engine.unload(name):
                 return f"Unloaded **{name}**."
             return f"**{name}** was not loaded."
+
+    def _rate_limit(self, request: gr.Request | None) -> None:
+        """The per-client budget that the REST API's POST routes count too (RATE_LIMIT_PER_MINUTE)."""
+        client = request.client.host if request is not None and request.client else "unknown"
+        if (wait := self.limiter.hit(client)) is not None:
+            raise gr.Error(
+                f"too many requests: at most {self.limiter.limit} per minute per client (this page and the API together); retry in {wait} s",
+                print_exception=False,
+            )
 
     def _require_admin(self, token: str | None) -> None:
         if not self.settings.admin_allowed(token):
@@ -381,10 +396,13 @@ class Handlers:
 
     # ------------------------------------------------------------ verify
 
-    def verify(self, original: Any, shared: Any, models: Any = None) -> tuple[list[tuple[Image.Image, str]], dict[str, Any]]:
+    def verify(
+        self, original: Any, shared: Any, models: Any = None, request: gr.Request | None = None
+    ) -> tuple[list[tuple[Image.Image, str]], dict[str, Any]]:
         """Is a shared copy of a protected photo still protected? Returns (gallery: per model the
         deepfake of the original shared the same way, then of the shared copy; the report)."""
-        with _user_errors():
+        with _user_errors(), self.engine.caller_queue():
+            self._rate_limit(request)
             before = uploads.from_payload(original, _upload_root())
             after = uploads.from_payload(shared, _upload_root())
             for upload in (before, after):
@@ -421,12 +439,14 @@ class Handlers:
         robust: Any = "off",
         check_robustness: Any = False,
         ssim_floor: Any = 0,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, Image.Image, Image.Image, dict[str, Any]]:
         """Protect one photo. Returns (protected PNG, deepfake of the original, deepfake of the
         protected photo, report with `perturbation` and `disruption` measured on the PNG, the
         `faces` protected and, with check_robustness, `robustness` after real transformations)."""
-        with _user_errors():
+        with _user_errors(), self.engine.caller_queue():
+            self._rate_limit(request)
             upload = uploads.from_payload(image, _upload_root())
             uploads.check_image_file(upload, self.settings)
             options = _attack_options(
@@ -470,12 +490,14 @@ class Handlers:
         robust: Any = "off",
         check_robustness: Any = False,
         ssim_floor: Any = 0,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]]]:
         """Protect many photos (files and/or zips of images) as a batch job (the same jobs as
         POST /api/v1/protect/batch). Returns (gallery, zip of `<stem>.png` files and report.json,
         per-image reports; a photo that failed has `error` instead of metrics)."""
         with _user_errors():
+            self._rate_limit(request)
             workdir = self.store.new_dir()
             if isinstance(images, dict):
                 images = [images]
@@ -675,10 +697,11 @@ Example photo: `examples/synthetic-portrait.png` (generated, not a real person).
 """
 
 
-def build_demo(engine: Engine, settings: Settings, jobs: JobBackend) -> gr.Blocks:
-    """The deepshield UI on `engine`, batch jobs on `jobs`; queue limits from `settings`. Mount
-    it with `gr.mount_gradio_app(api, demo, path="/")`."""
-    handlers = Handlers(engine, settings, jobs)
+def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: SlidingWindowLimiter | None = None) -> gr.Blocks:
+    """The deepshield UI on `engine`, batch jobs on `jobs`, rate limit shared with the REST API
+    through `limiter`; queue limits from `settings`. Mount it with
+    `gr.mount_gradio_app(api, demo, path="/")`."""
+    handlers = Handlers(engine, settings, jobs, limiter)
     engine_events: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": settings.max_concurrent}
     private: dict[str, Any] = {"api_visibility": "private"}
 
