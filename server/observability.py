@@ -22,7 +22,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
@@ -229,7 +235,8 @@ class RetryHintMiddleware:
 
 def install(api: FastAPI, engine: Engine, settings: Settings) -> AppMetrics:
     """JSON logs at settings.log_level, request logging + metrics middleware, GET /metrics,
-    CORS for settings.allowed_origins (no origins: no CORS headers at all), and Retry-After on
+    CORS for settings.allowed_origins (no origins: no cross-origin access, the Gradio routes
+    included), and Retry-After on
     the Gradio API's queue-full 503s."""
     configure_logging(settings.log_level)
     metrics = AppMetrics(engine)
@@ -238,15 +245,16 @@ def install(api: FastAPI, engine: Engine, settings: Settings) -> AppMetrics:
     api.state.metrics = metrics
 
     api.add_middleware(RetryHintMiddleware)
-    if settings.allowed_origins:
-        api.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.allowed_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["Retry-After"],
-            max_age=600,
-        )
+    # Always installed, also with no origins: the mounted Gradio app answers cross-origin
+    # requests with its own permissive policy unless its parent app configures CORS.
+    api.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.allowed_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
     # Added last = outermost: preflights and CORS refusals are logged and counted too.
     api.add_middleware(ObservabilityMiddleware, metrics=metrics)
 

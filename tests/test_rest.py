@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import app as app_module
 from deepshield import attacks
 from deepshield.engine import Engine
 from server import rest
@@ -499,6 +500,17 @@ def test_cors_only_for_allowed_origins(serve, make_engine):
     assert "access-control-allow-origin" not in closed.client.get("/health", headers={"origin": "https://ok.example"}).headers
 
 
+def test_no_cross_origin_access_to_the_gradio_routes_either(serve, make_engine):
+    settings, engine = Settings(default_model="tiny-cyclegan"), make_engine()
+    served = serve(settings, engine, app_module.create_app(settings, engine))
+    evil = {"origin": "https://evil.example"}
+    for path in ("/config", "/gradio_api/info", "/api/v1/health"):
+        response = served.client.get(path, headers=evil)
+        assert response.status_code == 200 and "access-control-allow-origin" not in response.headers, path
+    preflight = served.client.options("/gradio_api/queue/join", headers={**evil, "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers and preflight.status_code == 400
+
+
 # ------------------------------------------------------------------------------------ real model and the full app
 
 
@@ -516,10 +528,6 @@ def test_real_cyclegan_vintage_protection_disrupts(serve):
 
 
 def test_full_app_serves_the_api_beside_the_ui(serve, make_engine):
-    if not (REPO / "server" / "ui.py").exists():
-        pytest.skip("server/ui.py is not written yet")
-    import app as app_module
-
     settings = Settings(default_model="tiny-cyclegan")
     engine = make_engine()
     served = serve(settings, engine, app_module.create_app(settings, engine))
