@@ -103,18 +103,25 @@ def linf_attack(
     inputs: Sequence[Tensor],
     config: AttackConfig,
     *,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     on_step: StepCallback | None = None,
 ) -> list[Tensor]:
     """Maximise `objective` over inputs within `||x_adv - x||_inf <= epsilon`, x_adv in [-1, 1].
 
     inputs: tensors in [-1, 1] (any shapes; they are never modified).
+    seed: one seed for all inputs' starts, drawn in turn, or one seed per input (each input then
+    starts exactly as it would alone with its seed: requests batched together keep their results).
     Returns new detached tensors of the same shapes.
     """
     config.validate()
-    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     originals = [x.detach() for x in inputs]
-    adversarial = [_start(x, config, generator) for x in originals]
+    if isinstance(seed, Sequence):
+        if len(seed) != len(originals):
+            raise ValueError(f"{len(seed)} seeds for {len(originals)} inputs")
+        adversarial = [_start(x, config, torch.Generator().manual_seed(s)) for x, s in zip(originals, seed)]
+    else:
+        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        adversarial = [_start(x, config, generator) for x in originals]
     for step in range(config.iterations):
         current = [x.requires_grad_(True) for x in adversarial]
         loss = objective(current)

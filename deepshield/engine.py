@@ -29,6 +29,7 @@ from deepshield import (
     transforms,
 )
 from deepshield import verify as verification
+from deepshield.coalesce import RequestPool, Ticket
 from deepshield.errors import (
     InvalidParameterError,
     OutOfMemoryError,
@@ -41,6 +42,7 @@ from deepshield.models import Generator
 from deepshield.weights import find_local_weights, load_model, missing_weights_hint
 
 log = logging.getLogger("deepshield.engine")
+READY_POLL_S = 0.02  # how often a pooled request checks whether another one attacked its photo
 _CALLER_QUEUES: ContextVar[bool] = ContextVar("deepshield_caller_queues", default=False)  # see Engine.caller_queue
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
@@ -272,6 +274,22 @@ class _Ensemble:
         }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A protection's checked settings: attack, loaded models, per-chunk options, and the key
+    under which single-photo requests with these settings are pooled."""
+
+    config: attacks.AttackConfig
+    ensemble: _Ensemble
+    chunk_options: dict[str, Any]
+    key: str
+
+
+def _seed(seed: int | None) -> int:
+    """`seed`, or a fresh one to report when None."""
+    return int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+
+
 class Engine:
     """Loads models on demand (LRU cache), runs attacks under a concurrency limit."""
 
@@ -284,6 +302,7 @@ class Engine:
         max_concurrent: int | None = None,
         max_queue: int | None = None,
         precision: str | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
         self.device = pick_device(device)
@@ -297,6 +316,8 @@ class Engine:
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
         self._waiting = 0
         self._running = 0
+        self.coalesce = coalesce
+        self._pool = RequestPool()
 
     # ---------------------------------------------------------------- models
 
@@ -393,9 +414,10 @@ class Engine:
     # ---------------------------------------------------------------- admission
 
     @contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, ready: threading.Event | None = None) -> Iterator[bool]:
         """Run under the concurrency limit; refuse at once when `max_queue` callers already wait
-        (unless the caller bounds its own waiting line, see `caller_queue`).
+        (unless the caller bounds its own waiting line, see `caller_queue`). Yields True once a
+        slot is held; with `ready`, stops waiting and yields False (no slot) when it is set.
 
         Every entry point (UI, REST, CLI, Python) goes through here, so nothing bypasses the limit.
         """
@@ -406,15 +428,20 @@ class Engine:
                     f"(limit {self.max_queue}); retry in a few seconds"
                 )
             self._waiting += 1
+        acquired = False
         try:
-            self._slots.acquire()
+            while not acquired and not (ready is not None and ready.is_set()):
+                acquired = self._slots.acquire(timeout=None if ready is None else READY_POLL_S)
         finally:
             with self._lock:
                 self._waiting -= 1
+        if not acquired:
+            yield False
+            return
         with self._lock:
             self._running += 1
         try:
-            yield
+            yield True
         finally:
             with self._lock:
                 self._running -= 1
@@ -443,31 +470,50 @@ class Engine:
 
     # ---------------------------------------------------------------- protection
 
-    def protect(self, image: ImageInput, **options: Any) -> ProtectionResult:
-        """Protect one photo. Options as `protect_batch`."""
-        return self.protect_batch([image], **options)[0]
+    def protect(
+        self,
+        image: ImageInput,
+        *,
+        seed: int | None = None,
+        on_step: attacks.StepCallback | None = None,
+        progress: ProgressCallback | None = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> ProtectionResult:
+        """Protect one photo; options as `protect_batch`.
+
+        With `coalesce` (the default) and no robust mode, requests with the same settings that
+        wait for a slot at the same time are attacked together in one batch by whichever gets the
+        slot first, each from its own seed, so each gets what it would have got alone."""
+        if not self.coalesce or options.get("robust"):
+            return self.protect_batch([image], seed=seed, on_step=on_step, progress=progress, batch_size=batch_size, **options)[0]
+        plan = self._plan(**options)
+        ticket = Ticket(imaging.load_photo(image), _seed(seed), on_step)
+        self._pool.add(plan.key, ticket)
+        try:
+            with self.admission(ready=ticket.done) as admitted:
+                limit = batch_size or self.images_per_pass(plan.ensemble)
+                if admitted and (batch := self._pool.claim(plan.key, ticket, limit)):
+                    self._run_tickets(batch, plan)
+        except ServerBusyError:
+            if self._pool.withdraw(plan.key, ticket):
+                raise
+        ticket.done.wait()  # set by whoever attacked this photo: this call or another one
+        if ticket.error is not None:
+            raise ticket.error
+        if progress is not None:
+            progress(1, 1)
+        return ticket.result
 
     def protect_batch(
         self,
         images: Sequence[ImageInput],
         *,
-        model: str | Sequence[str] = DEFAULT_MODEL,
-        attack: str = "pgd",
-        epsilon: float | str = 0.05,
-        iterations: int | None = None,
-        step_size: float | None = None,
         seed: int | None = None,
-        targets: Sequence[str] | None = None,
-        image_size: int | None = None,
-        weights: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
-        detect_faces: bool = True,
-        robust: str | None = None,
-        check_robustness: bool = False,
-        ssim_floor: float | None = None,
-        allow_download: bool = True,
         on_step: attacks.StepCallback | None = None,
         progress: ProgressCallback | None = None,
+        **options: Any,
     ) -> list[ProtectionResult]:
         """Protect photos against one generator or an ensemble (`model` a list of names).
 
@@ -484,6 +530,39 @@ class Engine:
         JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop. `ssim_floor`
         (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
         """
+        plan = self._plan(**options)
+        if batch_size is not None and batch_size < 1:
+            raise InvalidParameterError("batch_size must be at least 1")
+        seed = _seed(seed)
+        photos = [imaging.load_photo(img) for img in images]
+        batch_size = batch_size or self.images_per_pass(plan.ensemble)
+        results: list[ProtectionResult] = []
+        for start in range(0, len(photos), batch_size):
+            chunk = photos[start : start + batch_size]
+            with self.admission():
+                results += self._protect_fitting(chunk, plan.ensemble, plan.config, seed + start, on_step, **plan.chunk_options)
+            if progress is not None:
+                progress(len(results), len(photos))
+        return results
+
+    def _plan(
+        self,
+        *,
+        model: str | Sequence[str] = DEFAULT_MODEL,
+        attack: str = "pgd",
+        epsilon: float | str = 0.05,
+        iterations: int | None = None,
+        step_size: float | None = None,
+        targets: Sequence[str] | None = None,
+        image_size: int | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        detect_faces: bool = True,
+        robust: str | None = None,
+        check_robustness: bool = False,
+        ssim_floor: float | None = None,
+        allow_download: bool = True,
+    ) -> _Plan:
+        """Check the settings of a protection and load its models (see `protect_batch`)."""
         config = attacks.preset(attack, epsilon=epsilon, iterations=iterations, step_size=step_size)
         ssim_floor = perceptual.check_floor(ssim_floor)
         names = [model] if isinstance(model, str) else list(model)
@@ -491,10 +570,7 @@ class Engine:
             raise InvalidParameterError("give at least one model")
         if weights is not None and len(names) > 1:
             raise InvalidParameterError("--weights applies to a single model, not an ensemble")
-        if batch_size is not None and batch_size < 1:
-            raise InvalidParameterError("batch_size must be at least 1")
-        specs = [self.spec(n) for n in names]
-        for spec in specs:
+        for spec in [self.spec(n) for n in names]:
             if spec.preprocessing == "label_map":
                 raise InvalidParameterError(
                     f"model {spec.name!r} translates semantic label maps ({spec.params.get('input_nc')} channels), "
@@ -504,22 +580,38 @@ class Engine:
             raise InvalidParameterError(f"robust must be one of {', '.join(m for m in ROBUST_MODES if m)} (or off), got {robust!r}")
         if targets and len(names) > 1:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
-        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
         ensemble = _Ensemble(loaded, [self._model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
-        photos = [imaging.load_photo(img) for img in images]
-        batch_size = batch_size or self.images_per_pass(ensemble)
-        results: list[ProtectionResult] = []
-        for start in range(0, len(photos), batch_size):
-            chunk = photos[start : start + batch_size]
-            with self.admission():
-                results += self._protect_fitting(
-                    chunk, ensemble, config, seed + start, on_step,
-                    detect_faces=detect_faces, robust=robust, check_robustness=check_robustness, ssim_floor=ssim_floor,
-                )
-            if progress is not None:
-                progress(len(results), len(photos))
-        return results
+        chunk_options = {"detect_faces": detect_faces, "robust": robust, "check_robustness": check_robustness, "ssim_floor": ssim_floor}
+        key = repr((names, config, tuple(targets or ()), image_size, str(weights) if weights else None, sorted(chunk_options.items())))
+        return _Plan(config, ensemble, chunk_options, key)
+
+    def _run_tickets(self, batch: list[Ticket], plan: _Plan) -> None:
+        """Attack the pooled requests in one batch (the caller holds a slot) and finish each
+        ticket; when the batch fails, each photo alone, so an error lands on its own request."""
+
+        def on_step(step: int, total: int, loss: torch.Tensor) -> None:
+            for ticket in batch:
+                if ticket.on_step is not None:
+                    ticket.on_step(step, total, loss)
+
+        try:
+            results = self._protect_fitting(
+                [t.photo for t in batch], plan.ensemble, plan.config, [t.seed for t in batch], on_step, **plan.chunk_options
+            )
+        except Exception as error:  # noqa: BLE001 - handed to the request(s) it belongs to
+            if len(batch) == 1:
+                batch[0].finish(error=error)
+            else:
+                for ticket in batch:
+                    self._run_tickets([ticket], plan)
+            return
+        except BaseException:  # interrupted: nobody may wait forever for these photos
+            for ticket in batch:
+                ticket.finish(error=RuntimeError("the protection was interrupted"))
+            raise
+        for ticket, result in zip(batch, results):
+            ticket.finish(result)
 
     # ---------------------------------------------------------------- verification
 
@@ -604,10 +696,11 @@ class Engine:
             jobs.append(_Job(photo, imaging.to_tensor(photo.rgb).to(self.device), boxes, found))
         return jobs
 
-    def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seed: int,
+    def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seed: int | list[int],
                          on_step: attacks.StepCallback | None, **options: Any) -> list[ProtectionResult]:
         """`_protect_chunk`, halving the chunk whenever the device runs out of memory. The halves
-        get the seeds (seed + offset) that a run with that smaller batch size would have used."""
+        get the seeds that a run with that smaller batch size would have used (seed + offset),
+        or their own photos' seeds when each photo has one."""
         try:
             return self._protect_chunk(photos, ensemble, config, seed, on_step, **options)
         except torch.OutOfMemoryError:
@@ -620,15 +713,16 @@ class Engine:
                 ) from None
             half = len(photos) // 2
             log.warning("out of memory with %d photos in one pass; splitting into %d + %d", len(photos), half, len(photos) - half)
-            first = self._protect_fitting(photos[:half], ensemble, config, seed, on_step, **options)
-            return first + self._protect_fitting(photos[half:], ensemble, config, seed + half, on_step, **options)
+            seeds = (seed[:half], seed[half:]) if isinstance(seed, list) else (seed, seed + half)
+            first = self._protect_fitting(photos[:half], ensemble, config, seeds[0], on_step, **options)
+            return first + self._protect_fitting(photos[half:], ensemble, config, seeds[1], on_step, **options)
 
     def _protect_chunk(
         self,
         photos: list[imaging.Photo],
         ensemble: _Ensemble,
         config: attacks.AttackConfig,
-        seed: int,
+        seed: int | list[int],
         on_step: attacks.StepCallback | None,
         *,
         detect_faces: bool,
@@ -642,10 +736,11 @@ class Engine:
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
         objective = ensemble.objective(jobs, references)
+        seeds = seed if isinstance(seed, list) else [seed] * len(jobs)  # as reported: one seed per photo, or the chunk's
         if robust == "eot":
-            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seed)
+            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seeds[0])
         elif robust == "spread-spectrum":
-            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seed)
+            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seeds[0])
         if self.autocast_dtype is not None:
             objective = _autocast(objective, self.device.type, self.autocast_dtype)
         adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)
@@ -660,19 +755,19 @@ class Engine:
             "step_size": config.step_size,
             "random_start": config.random_start,
             "robust": robust or False,
-            "seed": seed,
+            "seed": seeds[0],
             "device": self.device.type,
             "precision": "fp32" if self.autocast_dtype is None else "bf16",
             "seconds": round(seconds, 4),
         }
         per_job = list(zip(*[ensemble.split(i, jobs, ref) for i, ref in enumerate(references)]))
         results = []
-        for job, region, own in zip(jobs, adversarial, per_job):
+        for job, region, own, photo_seed in zip(jobs, adversarial, per_job, seeds):
             protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
             scale = 1.0
             if ssim_floor is not None:
                 protected, scale = perceptual.hold_ssim(job.photo.rgb, protected, ssim_floor)
-            result = self._result(job, protected, ensemble, list(own), header)
+            result = self._result(job, protected, ensemble, list(own), {**header, "seed": photo_seed})
             if ssim_floor is not None:
                 result.metrics["perceptual"] = {"ssim_floor": ssim_floor, "scale": scale}
             if check_robustness:
