@@ -302,7 +302,7 @@ class Engine:
         max_concurrent: int | None = None,
         max_queue: int | None = None,
         precision: str | None = None,
-        coalesce: bool = True,
+        coalesce: bool | None = None,
     ) -> None:
         self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
         self.device = pick_device(device)
@@ -316,7 +316,9 @@ class Engine:
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
         self._waiting = 0
         self._running = 0
-        self.coalesce = coalesce
+        # Pooling requests pays off where a batch is cheaper per photo than one at a time: on a GPU.
+        # On the 2-core build CPU it measured 0.91x (bench/coalesce_speed.py), so it is off there.
+        self.coalesce = self.device.type == "cuda" if coalesce is None else coalesce
         self._pool = RequestPool()
 
     # ---------------------------------------------------------------- models
@@ -482,7 +484,7 @@ class Engine:
     ) -> ProtectionResult:
         """Protect one photo; options as `protect_batch`.
 
-        With `coalesce` (the default) and no robust mode, requests with the same settings that
+        With `coalesce` (the default on CUDA) and no robust mode, requests with the same settings that
         wait for a slot at the same time are attacked together in one batch by whichever gets the
         slot first, each from its own seed, so each gets what it would have got alone."""
         if not self.coalesce or options.get("robust"):

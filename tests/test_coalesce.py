@@ -21,7 +21,7 @@ OPTIONS: dict[str, Any] = {"model": "tiny-cyclegan", "iterations": 3}
 
 @pytest.fixture
 def engine(models_dir: Path) -> Engine:
-    return Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=8)
+    return Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=8, coalesce=True)
 
 
 def photo(side: int, seed: int) -> Image.Image:
@@ -88,7 +88,7 @@ def test_a_batch_that_fails_falls_back_to_each_photo_alone(engine, monkeypatch):
 
 
 def test_a_full_engine_refuses_and_leaves_nothing_in_the_pool(models_dir):
-    engine = Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=0)
+    engine = Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=0, coalesce=True)
     with engine.admission(), pytest.raises(ServerBusyError):
         engine.protect(photo(32, 0), **OPTIONS)
     assert engine.protect(photo(32, 0), seed=3, **OPTIONS).metrics["seed"] == 3  # nothing stale was left waiting
@@ -97,3 +97,8 @@ def test_a_full_engine_refuses_and_leaves_nothing_in_the_pool(models_dir):
 def test_robust_requests_run_alone(engine):
     results, passes = protect_together(engine, [{"image": photo(32, i), "seed": i, "robust": "eot"} for i in range(2)])
     assert set(passes) == {1} and all(r.metrics["robust"] == "eot" for r in results)
+
+
+def test_pooling_is_on_where_it_pays_off(models_dir):
+    assert Engine(tiny_models(models_dir), device="cpu").coalesce is False  # measured slower on the build CPU
+    assert Engine(tiny_models(models_dir), device="cpu", coalesce=True).coalesce is True
