@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -154,6 +155,19 @@ def cli_env(tmp_path: Path, isolated_caches: Path) -> dict[str, str]:
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "deepshield", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def noise(width: int, height: int, seed: int = 0, channels: int = 3, low: int = 20, high: int = 236) -> np.ndarray:
+    """Random uint8 pixels in [low, high) (away from the clipping ends), [H, W, C] or [H, W] for one channel."""
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return np.random.default_rng(seed).integers(low, high, shape, dtype=np.uint8)
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    """`image` as a file in `fmt` (PIL save options passed through)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:

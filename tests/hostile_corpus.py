@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from tests.conftest import encoded, noise
+
 Expectation = Literal["ok", "refused"]
 
 NOT_AN_IMAGE = r"not a recognised image format"
@@ -56,18 +58,6 @@ class Kind:
 
 
 # ------------------------------------------------------------------------------ building blocks
-
-
-def noise(width: int, height: int, seed: int = 0, channels: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (height, width, channels) if channels > 1 else (height, width)
-    return rng.integers(20, 236, shape, dtype=np.uint8)
-
-
-def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def photo(width: int = 40, height: int = 32, fmt: str = "PNG", seed: int = 0, **options: object) -> bytes:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deepshield import imaging
 from deepshield.engine import Engine
-from tests.conftest import tiny_models
+from tests.conftest import encoded, noise, tiny_models
 
 LEVELS = math.floor(0.05 * 127.5)  # the budget in 8-bit levels
 
@@ -23,20 +23,12 @@ def engine(models_dir) -> Engine:
 
 
 def _noise(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (height, width, channels) if channels > 1 else (height, width)
-    return rng.integers(30, 226, shape, dtype=np.uint8)
-
-
-def _encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
+    return noise(width, height, seed, channels, low=30, high=226)
 
 
 def _protect(engine: Engine, image: Image.Image, fmt: str = "PNG", **save: object) -> tuple[Image.Image, dict]:
     """Encode `image` as `fmt`, protect the bytes, return the protected PNG (read back) + report."""
-    result = engine.protect(_encoded(image, fmt, **save), model="tiny-cyclegan", iterations=2, seed=0)
+    result = engine.protect(encoded(image, fmt, **save), model="tiny-cyclegan", iterations=2, seed=0)
     data, report = result.encode("PNG")
     written = Image.open(io.BytesIO(data))
     written.load()
@@ -47,7 +39,7 @@ def test_exif_rotated_jpeg_comes_out_upright_without_the_tag(engine):
     stored = Image.fromarray(_noise(24, 40, 3))  # 40 wide, 24 high as stored
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display": the photo is 24 wide, 40 high upright
-    data = _encoded(stored, "JPEG", quality=95, exif=exif)
+    data = encoded(stored, "JPEG", quality=95, exif=exif)
     written, report = _protect(engine, stored, "JPEG", quality=95, exif=exif)
     as_stored = Image.open(io.BytesIO(data)).convert("RGB")
     upright = np.asarray(as_stored.transpose(Image.Transpose.ROTATE_270))
