@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from photos import dev_photos
 
 from deepshield.engine import Engine
-
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev"
 
 
 def run(engine: Engine, photos: list[Path], clients: int, rounds: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
-    photos = sorted(p for p in FACES.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    photos = dev_photos()
     options = {"model": args.model, "iterations": args.iterations, "allow_download": False}
     rows = {}
     for coalesce in (False, True):

@@ -19,17 +19,15 @@ import time
 from pathlib import Path
 
 import torch
+from photos import FACES_DEV, dev_photos
 
 from deepshield.engine import Engine
-
-REPO = Path(__file__).resolve().parent.parent
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cyclegan-vintage")
-    parser.add_argument("--photos", default=str(REPO.parent / "shared" / "data" / "faces-dev"))
+    parser.add_argument("--photos", default=str(FACES_DEV))
     parser.add_argument("--attacks", default="pgd,fgsm,ifgsm")
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--iterations", type=int, default=10)
@@ -38,7 +36,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write every per-image report here")
     args = parser.parse_args()
 
-    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    photos = dev_photos(args.photos)
     if not photos:
         print(f"no photos in {args.photos}", file=sys.stderr)
         return 2

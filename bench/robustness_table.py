@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
+from photos import FACES_DEV, dev_photos
 
 from deepshield.engine import Engine
 from deepshield.robustness import ROBUSTNESS_KEYS
 
-REPO = Path(__file__).resolve().parent.parent
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 COLUMNS = ("none", *ROBUSTNESS_KEYS)
 
 
@@ -44,7 +43,7 @@ def _cells(reports: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cyclegan-vintage")
-    parser.add_argument("--photos", default=str(REPO.parent / "shared" / "data" / "faces-dev"))
+    parser.add_argument("--photos", default=str(FACES_DEV))
     parser.add_argument("--epsilons", default="0.05,0.02")
     parser.add_argument("--robust", default="eot", choices=["eot", "spread-spectrum"])
     parser.add_argument("--iterations", type=int, default=10)
@@ -53,7 +52,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write every per-image report here")
     args = parser.parse_args()
 
-    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)[: args.limit]
+    photos = dev_photos(args.photos, args.limit)
     if not photos:
         print(f"no photos in {args.photos}", file=sys.stderr)
         return 2

@@ -20,9 +20,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "synthetic-portrait.png"

@@ -1,0 +1,13 @@
+"""The development photos the benchmarks run on (../shared/data/faces-dev by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FACES_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev"
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def dev_photos(folder: str | Path = FACES_DEV, limit: int | None = None) -> list[Path]:
+    """The photos in `folder`, sorted by name, the first `limit` of them when given."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)[:limit]
