@@ -45,7 +45,7 @@ log = logging.getLogger("deepshield.engine")
 READY_POLL_S = 0.02  # how often a pooled request checks whether another one attacked its photo
 _CALLER_QUEUES: ContextVar[bool] = ContextVar("deepshield_caller_queues", default=False)  # see Engine.caller_queue
 
-ImageInput = str | os.PathLike[str] | bytes | Image.Image
+ImageInput = str | os.PathLike[str] | bytes | Image.Image | imaging.Photo
 ProgressCallback = Callable[[int, int], None]
 """(images done, images total)"""
 

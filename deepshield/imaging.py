@@ -60,11 +60,14 @@ class Photo:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-def load_photo(source: str | os.PathLike[str] | bytes | Image.Image, name: str | None = None) -> Photo:
-    """Decode a path, raw bytes or PIL image into an upright RGB photo (+ alpha if it has one).
+def load_photo(source: str | os.PathLike[str] | bytes | Image.Image | Photo, name: str | None = None) -> Photo:
+    """Decode a path, raw bytes or PIL image into an upright RGB photo (+ alpha if it has one);
+    a Photo (already decoded) is returned as it is.
 
     Raises InvalidImageError for empty, truncated, non-image or oversized inputs.
     """
+    if isinstance(source, Photo):
+        return source
     if isinstance(source, Image.Image):
         return _from_pil(source, name or "image")
     if isinstance(source, (bytes, bytearray)):

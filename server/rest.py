@@ -415,18 +415,17 @@ class ProtectService:
             self.ensure_ready(model)
         except ApiError as error:
             return [_error_outcome(error)] * len(inputs)
-        good = []
+        good: dict[int, imaging.Photo] = {}  # decoded once here, attacked as they are
         for k, item in enumerate(inputs):
             try:
                 if item.error:
                     raise ApiError(400, item.error["error"], item.error["message"])
-                imaging.load_photo(check_image_bytes(item.data, self.settings, item.filename), name=item.filename)
-                good.append(k)
+                good[k] = imaging.load_photo(check_image_bytes(item.data, self.settings, item.filename), name=item.filename)
             except ApiError as error:
                 outcomes[k] = _error_outcome(error)
             except DeepshieldError as error:
                 outcomes[k] = _error_outcome(from_deepshield(error))
-        for k, result in zip(good, self._protect_waiting([inputs[k].data for k in good], model, parsed, on_step)):
+        for k, result in zip(good, self._protect_waiting(list(good.values()), model, parsed, on_step)):
             if isinstance(result, ApiError):
                 outcomes[k] = _error_outcome(result)
             else:
@@ -435,7 +434,7 @@ class ProtectService:
         return [o for o in outcomes if o is not None]
 
     def _protect_waiting(
-        self, images: list[bytes], model: str, options: ProtectOptions, on_step: Callable[[int, int], None]
+        self, images: list[imaging.Photo], model: str, options: ProtectOptions, on_step: Callable[[int, int], None]
     ) -> list[ProtectionResult | ApiError]:
         """engine.protect_batch of `images`, retried while the server is busy; when the batch
         fails, each photo alone, so the error lands on the photo that caused it."""
