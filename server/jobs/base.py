@@ -27,6 +27,7 @@ from server.uploads import output_names
 QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED = "queued", "running", "completed", "failed", "interrupted"
 FINISHED = frozenset({COMPLETED, FAILED, INTERRUPTED})
 CHUNK = 4  # photos attacked together in one batched pass; progress is saved after each chunk
+PROGRESS_SAVE_S = 0.5  # the attack step in progress is saved at most this often
 OUTPUT_SUFFIX = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 
@@ -130,8 +131,8 @@ class JobIO:
 
 def run_job(record: dict[str, Any], io: JobIO, process: ItemProcessor, chunk: int = CHUNK) -> dict[str, Any]:
     """Process the photos of `record` that have no result yet, `chunk` at a time, saving the
-    record after each chunk (so a crash loses at most one chunk) and at every attack step
-    (progress). Finishes the record (completed, or failed when every photo failed) unless
+    record after each chunk (so a crash loses at most one chunk) and, at most every
+    PROGRESS_SAVE_S, the attack step in progress. Finishes the record (completed, or failed when every photo failed) unless
     `io.should_stop()` asks to stop first; then it stays running for the next start to resume."""
     record.update(status=RUNNING, started_at=record.get("started_at") or time.time(), attempts=record.get("attempts", 0) + 1)
     io.save(record)
@@ -163,10 +164,14 @@ def _cached_or_processed(batch: list[int], record: dict[str, Any], io: JobIO, pr
     missing = [k for k, o in enumerate(outcomes) if o is None]
     if missing:
         first, last = batch[missing[0]] + 1, batch[missing[-1]] + 1
+        saved = 0.0
 
         def on_step(step: int, steps: int) -> None:
+            nonlocal saved
             record["current"] = {"first": first, "last": last, "step": step, "steps": steps}
-            io.save(record)
+            if time.monotonic() - saved >= PROGRESS_SAVE_S:  # a step can take milliseconds on a GPU
+                io.save(record)
+                saved = time.monotonic()
 
         for k, outcome in zip(missing, process([inputs[k] for k in missing], options, on_step)):
             outcomes[k] = outcome

@@ -102,14 +102,18 @@ class EmbeddedJobs:
     def status(self, task_id: str) -> dict[str, Any]:
         with self._lock:
             self._prune()  # an expired job is gone, whether or not a new one came since
-            record = self._records.get(task_id)
-            if record is None:
-                raise UnknownTaskError(f"no batch job with id {task_id!r} (finished jobs are kept for {self._ttl / 3600:g} hours)")
-            return copy.deepcopy(record)
+            return copy.deepcopy(self._record(task_id))
 
     def read_file(self, task_id: str, index: int, kind: str) -> bytes:
-        self.status(task_id)
+        with self._lock:
+            self._record(task_id)  # a known job: never a path built from an unknown id
         return (self._dir(task_id) / "results" / file_name(index, kind)).read_bytes()
+
+    def _record(self, task_id: str) -> dict[str, Any]:
+        record = self._records.get(task_id)
+        if record is None:
+            raise UnknownTaskError(f"no batch job with id {task_id!r} (finished jobs are kept for {self._ttl / 3600:g} hours)")
+        return record
 
     @property
     def pending(self) -> int:
