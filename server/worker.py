@@ -103,8 +103,6 @@ def protect_batch(self: Task, task_id: str) -> str:
 def _job_io(store: RedisJobStore, task_id: str, record: dict[str, Any]) -> JobIO:
     def read_input(index: int) -> JobInput:
         item = record["items"][index]
-        if item.get("refused"):
-            return JobInput(item["filename"], error=item["refused"])
         data = store.get_input(task_id, index)
         if data is None:
             return JobInput(item["filename"], error={"error": "expired", "message": "the uploaded photo expired before a worker got to it"})

@@ -122,7 +122,7 @@ class ResultCache(Protocol):
 class JobIO:
     """Where a running job reads its inputs and writes its files and record (backend-specific)."""
 
-    read_input: Callable[[int], JobInput]
+    read_input: Callable[[int], JobInput]  # a photo not refused on arrival
     write_file: Callable[[int, str, bytes], None]
     save: Callable[[dict[str, Any]], None]
     cache: ResultCache | None = None
@@ -156,7 +156,8 @@ def run_job(record: dict[str, Any], io: JobIO, process: ItemProcessor, chunk: in
 
 
 def _cached_or_processed(batch: list[int], record: dict[str, Any], io: JobIO, process: ItemProcessor) -> list[ItemOutcome]:
-    inputs = [io.read_input(i) for i in batch]
+    refusals = [record["items"][i].get("refused") for i in batch]
+    inputs = [JobInput(record["items"][i]["filename"], error=no) if no else io.read_input(i) for i, no in zip(batch, refusals)]
     options = record["options"]
     outcomes: list[ItemOutcome | None] = [
         refused(x) if x.error else io.cache.get(x.data, options) if io.cache else None for x in inputs

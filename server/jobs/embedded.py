@@ -157,10 +157,7 @@ class EmbeddedJobs:
         folder = self._dir(task_id)
 
         def read_input(index: int) -> JobInput:
-            item = record["items"][index]
-            if item.get("refused"):
-                return JobInput(item["filename"], error=item["refused"])
-            return JobInput(item["filename"], (folder / "inputs" / str(index)).read_bytes())
+            return JobInput(record["items"][index]["filename"], (folder / "inputs" / str(index)).read_bytes())
 
         def write_file(index: int, kind: str, data: bytes) -> None:
             _write_bytes(folder / "results" / file_name(index, kind), data)
