@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--image-size", type=int, help="override the model resolution")
     protect.add_argument("--batch-size", type=int, help="images attacked together (default: what suits the device)")
     protect.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                         help="attack passes in bf16 (auto: on CUDA GPUs; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
+                         help="attack passes in bf16 (auto: where the device has bf16 in hardware; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
     protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum"],
                          help="optimise over random JPEG/resize/blur/shift (eot, the default) or cycled blurs (spread-spectrum)")
     protect.add_argument("--check-robustness", action="store_true",

@@ -23,6 +23,7 @@ from deepshield import (
     attacks,
     faces,
     imaging,
+    memory,
     metrics,
     perceptual,
     robustness,
@@ -53,17 +54,35 @@ DEFAULT_MODEL = "cyclegan-vintage"
 ROBUST_MODES = (None, "eot", "spread-spectrum")
 MAX_IMAGE_SIZE = 2048
 PRECISIONS = ("auto", "fp32", "bf16")
+GPU_PASS_PHOTOS = 8
+PASS_MEMORY_SHARE = 0.8
+"""Share of the device's free memory a pass is planned to fill."""
+PEAK_PER_KEPT = 2.0
+"""A pass's peak memory over what its backward keeps (`memory.activation_bytes`): measured on
+CPU at 0.97-1.6 (StarGAN 128, CycleGAN 256, fp32 and bf16, 8 samples); the rest is headroom."""
 CPU_PASS_PIXELS = 8 * 128 * 128
 """Generator inputs (samples x pixels) per forward/backward pass on a CPU: past about eight
 128 px samples, time per sample grows (measured on StarGAN: 0.12 s at <= 8, 0.15 s at 16, 0.23 s
 at 40 per 128 px sample on 2 cores), as activations stop fitting the caches."""
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, or an x86 CPU
+    with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and can be slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    return False
+
+
 def pick_precision(device: torch.device, requested: str | None = None) -> torch.dtype | None:
     """The autocast dtype of the attack's forward/backward passes: None (fp32) or bfloat16.
 
-    `auto` (default; DEEPSHIELD_PRECISION) is bf16 on a CUDA GPU that supports it, fp32 elsewhere;
-    `bf16` asks for it anywhere (on CPUs with native bf16 it halves the time). References and
+    `auto` (default; DEEPSHIELD_PRECISION) is bf16 where the device computes it natively (CUDA
+    GPUs, CPUs with AVX512-BF16 or AMX: 1.6-1.9x faster on a 2-core AVX512-BF16 CPU at the same
+    disruption, bench/RESULTS.md), fp32 elsewhere; `bf16` and `fp32` force one. References and
     every reported number are always computed in fp32.
     """
     choice = (requested or os.environ.get("DEEPSHIELD_PRECISION") or "auto").lower()
@@ -73,7 +92,7 @@ def pick_precision(device: torch.device, requested: str | None = None) -> torch.
         return None
     if choice == "bf16":
         return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if native_bf16(device) else None
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -99,6 +118,14 @@ class LoadedModel:
     weights_format: str
     weights_sha256: str
     num_parameters: int
+    _kept: dict[tuple[int, torch.dtype | None], int] = field(default_factory=dict, repr=False, compare=False)
+
+    def kept_bytes(self, size: int, dtype: torch.dtype | None) -> int:
+        """Bytes one sample at `size` keeps for the backward (`memory.activation_bytes`),
+        measured once per size and precision."""
+        if (size, dtype) not in self._kept:
+            self._kept[size, dtype] = memory.activation_bytes(self.generator, size, dtype)
+        return self._kept[size, dtype]
 
     def conditions(self, labels: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
         """Chosen target labels and their condition vectors [T, c_dim] (None if unconditional)."""
@@ -215,6 +242,15 @@ class _Ensemble:
     def targets(self, index: int) -> int:
         vectors = self.conditions[index][1]
         return 1 if vectors is None else vectors.shape[0]
+
+    def kept_bytes(self, squares: Sequence[Sequence[int]], dtype: torch.dtype | None) -> int:
+        """Bytes a pass keeps for its backward: `squares[j][i]` squares (faces) of photo j go
+        through model i, each once per target."""
+        return sum(
+            count * self.targets(i) * self.models[i].kept_bytes(self.sizes[i], dtype)
+            for photo in squares
+            for i, count in enumerate(photo)
+        )
 
     def deepfakes(self, index: int, jobs: list[_Job], regions: list[Tensor]) -> Tensor:
         """Outputs of model `index` for every (image, face, target): [sum(F_i) * T, 3, s, s]."""
@@ -484,10 +520,10 @@ class Engine:
     ) -> ProtectionResult:
         """Protect one photo; options as `protect_batch`.
 
-        With `coalesce` (the default on CUDA) and no robust mode, requests with the same settings that
-        wait for a slot at the same time are attacked together in one batch by whichever gets the
-        slot first, each from its own seed, so each gets what it would have got alone."""
-        if not self.coalesce or options.get("robust"):
+        With `coalesce` (the default on CUDA), requests with the same settings that wait for a
+        slot at the same time are attacked together in one batch by whichever gets the slot
+        first, each from its own seed, so each gets what it would have got alone."""
+        if not self.coalesce:
             return self.protect_batch([image], seed=seed, on_step=on_step, progress=progress, batch_size=batch_size, **options)[0]
         plan = self._plan(**options)
         ticket = Ticket(imaging.load_photo(image), _seed(seed), on_step)
@@ -523,7 +559,9 @@ class Engine:
         see `attacks.STRENGTHS`); `targets` picks labels of a conditional model (default:
         all, attacked jointly); `image_size` overrides the model resolution; `weights` is a
         checkpoint to use instead of the manifest's (single model only). Images are attacked
-        `batch_size` at a time (default: as many as suit the device, see `images_per_pass`); `seed` (random if None, reported) makes a run reproducible.
+        `batch_size` at a time (default: as many as suit the device, see `images_per_pass`). Photo i
+        is attacked from `seed + i` (`seed` random if None; each report gives its photo's seed),
+        so a photo gets what `protect(photo, seed=seed + i)` gives, however the work is split.
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
         is False; other models, and photos without a face, use the largest centred square.
         `robust`: "eot" optimises the loss through differentiable sharing transformations, one
@@ -535,14 +573,15 @@ class Engine:
         plan = self._plan(**options)
         if batch_size is not None and batch_size < 1:
             raise InvalidParameterError("batch_size must be at least 1")
-        seed = _seed(seed)
+        first_seed = _seed(seed)
         photos = [imaging.load_photo(img) for img in images]
         batch_size = batch_size or self.images_per_pass(plan.ensemble)
         results: list[ProtectionResult] = []
         for start in range(0, len(photos), batch_size):
             chunk = photos[start : start + batch_size]
+            seeds = [first_seed + start + k for k in range(len(chunk))]
             with self.admission():
-                results += self._protect_fitting(chunk, plan.ensemble, plan.config, seed + start, on_step, **plan.chunk_options)
+                results += self._protect_fitting(chunk, plan.ensemble, plan.config, seeds, on_step, **plan.chunk_options)
             if progress is not None:
                 progress(len(results), len(photos))
         return results
@@ -675,12 +714,16 @@ class Engine:
         return verification.VerifyResult(verification.describe(before, copy), checks)
 
     def images_per_pass(self, ensemble: _Ensemble) -> int:
-        """How many photos to attack together: on a CPU, as many as keep a pass within
-        `CPU_PASS_PIXELS` (one face per photo assumed; every target is a sample); on a GPU, 8."""
+        """How many photos to attack together (one face per photo assumed; every target is a
+        sample): as many as fit in the device's free memory (`PASS_MEMORY_SHARE` of it, at
+        `PEAK_PER_KEPT` times what the backward keeps), and at most `GPU_PASS_PHOTOS` on a
+        GPU or, on a CPU, as many as keep a pass within `CPU_PASS_PIXELS`."""
+        per_photo = PEAK_PER_KEPT * ensemble.kept_bytes([[1] * len(ensemble.models)], self.autocast_dtype)
+        fitting = max(1, int(PASS_MEMORY_SHARE * memory.free_bytes(self.device) // per_photo))
         if self.device.type != "cpu":
-            return 8
+            return min(fitting, GPU_PASS_PHOTOS)
         pixels = max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
-        return max(1, CPU_PASS_PIXELS // pixels)
+        return min(fitting, max(1, CPU_PASS_PIXELS // pixels))
 
     def _model_size(self, model: LoadedModel, override: int | None) -> int:
         size = int(override or model.spec.image_size)
@@ -698,13 +741,12 @@ class Engine:
             jobs.append(_Job(photo, imaging.to_tensor(photo.rgb).to(self.device), boxes, found))
         return jobs
 
-    def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seed: int | list[int],
+    def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seeds: list[int],
                          on_step: attacks.StepCallback | None, **options: Any) -> list[ProtectionResult]:
-        """`_protect_chunk`, halving the chunk whenever the device runs out of memory. The halves
-        get the seeds that a run with that smaller batch size would have used (seed + offset),
-        or their own photos' seeds when each photo has one."""
+        """`_protect_chunk`, halving the chunk whenever the device runs out of memory (each
+        photo keeps its own seed, so the split does not change what it gets)."""
         try:
-            return self._protect_chunk(photos, ensemble, config, seed, on_step, **options)
+            return self._protect_chunk(photos, ensemble, config, seeds, on_step, **options)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -715,16 +757,15 @@ class Engine:
                 ) from None
             half = len(photos) // 2
             log.warning("out of memory with %d photos in one pass; splitting into %d + %d", len(photos), half, len(photos) - half)
-            seeds = (seed[:half], seed[half:]) if isinstance(seed, list) else (seed, seed + half)
-            first = self._protect_fitting(photos[:half], ensemble, config, seeds[0], on_step, **options)
-            return first + self._protect_fitting(photos[half:], ensemble, config, seeds[1], on_step, **options)
+            first = self._protect_fitting(photos[:half], ensemble, config, seeds[:half], on_step, **options)
+            return first + self._protect_fitting(photos[half:], ensemble, config, seeds[half:], on_step, **options)
 
     def _protect_chunk(
         self,
         photos: list[imaging.Photo],
         ensemble: _Ensemble,
         config: attacks.AttackConfig,
-        seed: int | list[int],
+        seeds: list[int],
         on_step: attacks.StepCallback | None,
         *,
         detect_faces: bool,
@@ -734,18 +775,20 @@ class Engine:
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
         jobs = self._jobs(photos, ensemble, detect_faces)
+        kept = ensemble.kept_bytes([[len(boxes) for boxes in job.boxes] for job in jobs], self.autocast_dtype)
+        if kept > memory.free_bytes(self.device):  # would fail mid-pass, or wake the kernel's OOM killer on a CPU
+            raise torch.OutOfMemoryError(f"a pass over {len(jobs)} photo(s) keeps about {kept / 2**30:.1f} GiB")
         regions = [job.region() for job in jobs]
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
         objective = ensemble.objective(jobs, references)
-        seeds = seed if isinstance(seed, list) else [seed] * len(jobs)  # as reported: one seed per photo, or the chunk's
-        if robust == "eot":
-            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seeds[0])
-        elif robust == "spread-spectrum":
-            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seeds[0])
-        if self.autocast_dtype is not None:
+        if self.autocast_dtype is not None:  # the generators' passes; sharing transforms stay fp32
             objective = _autocast(objective, self.device.type, self.autocast_dtype)
-        adversarial = attacks.linf_attack(objective, regions, config, seed=seed, on_step=on_step)
+        if robust == "eot":
+            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seeds)
+        elif robust == "spread-spectrum":
+            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seeds)
+        adversarial = attacks.linf_attack(objective, regions, config, seed=seeds, on_step=on_step)
         seconds = (time.perf_counter() - started) / len(jobs)
         header = {
             **ensemble.describe(),
@@ -757,7 +800,6 @@ class Engine:
             "step_size": config.step_size,
             "random_start": config.random_start,
             "robust": robust or False,
-            "seed": seeds[0],
             "device": self.device.type,
             "precision": "fp32" if self.autocast_dtype is None else "bf16",
             "seconds": round(seconds, 4),

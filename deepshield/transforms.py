@@ -412,16 +412,20 @@ def sharing_transforms(step: int, transforms: Sequence[Transform] = SHARING_TRAN
     return transforms[step % len(transforms)]
 
 
-def scheduled_objective(objective: Objective, schedule: Callable[[int], Transform], *, seed: int = 0) -> Objective:
+def scheduled_objective(objective: Objective, schedule: Callable[[int], Transform], *, seed: int | Sequence[int] = 0) -> Objective:
     """Apply `schedule(step)` (e.g. `spread_spectrum_blurs`) to the inputs at the step-th call:
-    the attack core evaluates the objective once per iteration, so call k is iteration k."""
-    generator = torch.Generator().manual_seed(seed)
+    the attack core evaluates the objective once per iteration, so call k is iteration k.
+    `seed`: one for all inputs' random draws, or one per input (each input then draws exactly
+    what it would draw alone with its seed)."""
+    shared = None if isinstance(seed, Sequence) else torch.Generator().manual_seed(seed)
+    own = [] if shared is not None else [torch.Generator().manual_seed(s) for s in seed]
     step = 0
 
     def at_step(inputs: list[Tensor]) -> Tensor:
         nonlocal step
         transform = schedule(step)
         step += 1
-        return objective([transform(x, generator) for x in inputs])
+        generators = own if shared is None else [shared] * len(inputs)
+        return objective([transform(x, g) for x, g in zip(inputs, generators, strict=True)])
 
     return at_step

@@ -94,9 +94,13 @@ def test_a_full_engine_refuses_and_leaves_nothing_in_the_pool(models_dir):
     assert engine.protect(photo(32, 0), seed=3, **OPTIONS).metrics["seed"] == 3  # nothing stale was left waiting
 
 
-def test_robust_requests_run_alone(engine):
-    results, passes = protect_together(engine, [{"image": photo(32, i), "seed": i, "robust": "eot"} for i in range(2)])
-    assert set(passes) == {1} and all(r.metrics["robust"] == "eot" for r in results)
+def test_robust_requests_pool_and_draw_their_own_transformations(engine):
+    requests = [{"image": photo(32 + 4 * i, i), "seed": 20 + i, "robust": "eot"} for i in range(2)]
+    pooled, passes = protect_together(engine, requests)
+    assert set(passes) == {2} and all(r.metrics["robust"] == "eot" for r in pooled)
+    for request, result in zip(requests, pooled):
+        alone = engine.protect_batch([request["image"]], seed=request["seed"], robust="eot", **OPTIONS)[0]
+        assert np.abs(result.protected_rgb.astype(int) - alone.protected_rgb.astype(int)).max() <= 1
 
 
 def test_pooling_is_on_where_it_pays_off(models_dir):

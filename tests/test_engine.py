@@ -240,7 +240,13 @@ def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, mon
 
     cpu = torch.device("cpu")
     assert pick_precision(cpu, "fp32") is None and pick_precision(cpu, "bf16") is torch.bfloat16
-    assert pick_precision(cpu, "auto") is None  # bf16 by default only on CUDA
+    for native in (True, False):  # auto: bf16 only where the CPU has bf16 instructions
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert pick_precision(cpu, "auto") is (torch.bfloat16 if native else None)
+        assert Engine(engine.specs, device="cpu").autocast_dtype is (torch.bfloat16 if native else None)
+    monkeypatch.setenv("DEEPSHIELD_PRECISION", "fp32")
+    assert pick_precision(cpu) is None
     monkeypatch.setenv("DEEPSHIELD_PRECISION", "bf16")
     assert pick_precision(cpu) is torch.bfloat16
     with pytest.raises(InvalidParameterError, match="precision must be one of auto, fp32, bf16"):
@@ -248,7 +254,7 @@ def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, mon
     half = Engine(engine.specs, device="cpu", precision="bf16")
     image = photo(32, 32, seed=11)
     result = half.protect(image, model="tiny-stargan", iterations=3, seed=0)
-    full = engine.protect(image, model="tiny-stargan", iterations=3, seed=0)
+    full = Engine(engine.specs, device="cpu", precision="fp32").protect(image, model="tiny-stargan", iterations=3, seed=0)
     assert (result.metrics["precision"], full.metrics["precision"]) == ("bf16", "fp32")
     assert np.abs(result.protected_rgb.astype(int) - np.asarray(image, dtype=int)).max() <= math.floor(0.05 * 127.5)
     assert not np.array_equal(result.protected_rgb, full.protected_rgb)  # the passes really ran in bf16
