@@ -1,7 +1,7 @@
 """Disruption and imperceptibility of each attack on a folder of photos (README results table).
 
     python bench/disruption_table.py [--model cyclegan-vintage] [--photos ../shared/data/faces-dev]
-        [--json out.json]
+        [--precision auto|fp32|bf16] [--json out.json]
 
 Prints one row per attack: mean disruption mse, share disrupted (mse > 0.05), mean PSNR / SSIM
 of the written 8-bit PNG, seconds per image on this machine. Paper defaults: epsilon 0.05,
@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--step-size", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="of the attack passes")
     parser.add_argument("--json", help="also write every per-image report here")
     args = parser.parse_args()
 
@@ -40,7 +41,7 @@ def main() -> int:
     if not photos:
         print(f"no photos in {args.photos}", file=sys.stderr)
         return 2
-    engine = Engine()
+    engine = Engine(precision=args.precision)
     engine.load(args.model)
     rows, reports = [], {}
     for attack in args.attacks.split(","):
@@ -67,7 +68,7 @@ def main() -> int:
     print(f"model {args.model}, {len(photos)} photos from {args.photos}, epsilon {args.epsilon} "
           f"({args.epsilon * 127.5:.2f}/255), iterations {args.iterations}, step {args.step_size}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {engine.device.type}")
+          f"torch {torch.__version__}, device {engine.device.type}, {'bf16' if engine.autocast_dtype else 'fp32'} attack passes")
     print("| attack | mean disruption mse | share disrupted | mean PSNR (dB) | mean SSIM | s / image |")
     print("|---|---|---|---|---|---|")
     for attack, mse, share, psnr, ssim, seconds in rows:

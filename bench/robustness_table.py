@@ -1,7 +1,7 @@
 """Does the protection survive sharing? Plain vs robust PGD after real JPEG / resize / blur / shift.
 
     python bench/robustness_table.py [--model cyclegan-vintage] [--photos ../shared/data/faces-dev]
-        [--epsilons 0.05,0.02] [--robust eot] [--iterations 10] [--json out.json]
+        [--epsilons 0.05,0.02] [--robust eot] [--iterations 10] [--precision auto|fp32|bf16] [--json out.json]
 
 For every epsilon, protects each photo twice with the same seed, iterations and step size
 (step = epsilon / 5, 0.01 at the default 0.05): the plain attack and `--robust`. Each protection
@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--limit", type=int, help="only the first N photos")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="of the attack passes")
     parser.add_argument("--json", help="also write every per-image report here")
     args = parser.parse_args()
 
@@ -56,7 +57,7 @@ def main() -> int:
     if not photos:
         print(f"no photos in {args.photos}", file=sys.stderr)
         return 2
-    engine = Engine()
+    engine = Engine(precision=args.precision)
     engine.load(args.model)
     rows, reports = [], {}
     for epsilon in (float(e) for e in args.epsilons.split(",")):
@@ -77,7 +78,7 @@ def main() -> int:
             print(f"done: {label}", file=sys.stderr, flush=True)
     print(f"model {args.model}, {len(photos)} photos from {args.photos}, PGD, {args.iterations} iterations, step epsilon/5")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {engine.device.type}")
+          f"torch {torch.__version__}, device {engine.device.type}, {'bf16' if engine.autocast_dtype else 'fp32'} attack passes")
     print("cells: share disrupted / mean mse (vs the deepfake of the equally transformed original)")
     print("| epsilon | attack | " + " | ".join(COLUMNS) + " | PSNR (dB) | SSIM | attack s / image |")
     print("|---" * (len(COLUMNS) + 5) + "|")
