@@ -16,14 +16,17 @@ memory):
 - `engine`: `Engine.protect_batch` per target (the same per-target perturbations as the original,
   so disruption is comparable) over the batch's photos, in passes sized by the engine;
   label-map models go through the engine's attack core (`attacks.linf_attack` on the frozen
-  generator), as the engine does not take label maps from users.
+  generator, in passes sized as the engine sizes them), as the engine does not take label maps
+  from users.
 - `engine-bf16`: the same with the attack's passes under bf16 autocast (`DEEPSHIELD_PRECISION=bf16`),
   its disruption checked against the original's (fp32).
 - `engine-joint`: conditional models only: one `protect_batch` call attacking all targets with one
   perturbation per photo, the product's default.
 
 Columns: images per second (an image counts once all its targets are attacked), milliseconds per
-PGD iteration over the whole batch, peak memory (max RSS on CPU, max allocated on CUDA), speed-up
+PGD iteration over the whole batch, peak memory during the attack (max RSS on CPU, max allocated
+on CUDA) and what the attack added to it per image (peak minus the memory in use when it started,
+over the batch size: activations and gradients, not weights or photos), speed-up
 over `original` at the same batch, mean disruption mse (8-bit written image vs the clean photo's
 deepfake, on [-1, 1]) with a paired check that `engine` equals `original` within noise, and the
 achieved FLOP rate (forward + backward FLOPs counted by torch's FlopCounterMode), as a fraction of
@@ -53,8 +56,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from deepshield import attacks, imaging
-from deepshield.engine import Engine, pick_device
+from deepshield import attacks, imaging, memory
+from deepshield.engine import CPU_PASS_PIXELS, GPU_PASS_PHOTOS, PEAK_PER_KEPT, Engine, pick_device
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.models import get_architecture
 
@@ -193,12 +196,10 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
     else:
         photos = _photos(case, batch)
         clean = torch.cat([imaging.to_tensor(p) for p in photos]).to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         if method == "original":
             generator = _generator(case).to(device)  # as shipped: parameters require gradients
-            _sync(device)
+            before = _memory_start(device)
             started = time.perf_counter()
             adversarial = original_loop(generator, clean, conditions, iterations, seed=0)
             _sync(device)
@@ -208,17 +209,11 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             model = engine.load(case_name)
             generator = model.generator
             config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
-            _sync(device)
+            before = _memory_start(device)
             started = time.perf_counter()
-            if case.label_map:
-                with torch.no_grad():
-                    reference = generator(clean)
-
-                def objective(xs: list[torch.Tensor]) -> torch.Tensor:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=engine.autocast_dtype is not None):
-                        return attacks.output_distance(generator(xs[0]), reference).float()
-
-                adversarial = attacks.linf_attack(objective, [clean], config, seed=0)[0]
+            if case.label_map:  # in passes sized as Engine.images_per_pass sizes them
+                per_pass = GPU_PASS_PHOTOS if device.type == "cuda" else max(1, CPU_PASS_PIXELS // case.size**2)
+                adversarial = torch.cat([_attack_label_maps(generator, part, config, engine.autocast_dtype) for part in clean.split(per_pass)])
             elif method == "engine-joint" or conditions is None:
                 results = engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
                                                seed=0, detect_faces=False)
@@ -233,14 +228,40 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
                 adversarial = adversarial.flatten(0, 1).to(device)  # image-major, targets together
             _sync(device)
             seconds = time.perf_counter() - started
+        peak = _memory_peak(device)
         if method == "engine-joint" and conditions is not None:  # one image serves every target
             adversarial = adversarial.repeat_interleave(conditions.shape[0], dim=0)
         disruption = _disruption(_generator(case).to(device), clean, adversarial, conditions, rgb=not case.label_map)
+    return {"case": case_name, "method": method, "batch": batch, "seconds": seconds, "disruption": disruption.tolist(),
+            "peak_bytes": peak, "attack_bytes_per_image": max(0, peak - before) / batch}
+
+
+def _attack_label_maps(generator: torch.nn.Module, maps: torch.Tensor, config: attacks.AttackConfig, dtype: torch.dtype | None) -> torch.Tensor:
+    """The engine's attack on label maps [n, C, s, s]: the frozen generator's passes (under
+    autocast to `dtype` when given) pushed away from its fp32 output on the clean maps."""
+    with torch.no_grad():
+        reference = generator(maps)
+
+    def objective(xs: list[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(maps.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return attacks.output_distance(generator(xs[0]), reference).float()
+
+    return attacks.linf_attack(objective, [maps], config, seed=0)[0]
+
+
+def _memory_start(device: torch.device) -> int:
+    """Bytes in use now (allocated on CUDA, resident on CPU); on CUDA the peak counter starts here."""
+    _sync(device)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"case": case_name, "method": method, "batch": batch, "seconds": seconds, "disruption": disruption.tolist(), "peak_bytes": peak}
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def flops_per_step(case_name: str, device: torch.device) -> float:
@@ -302,14 +323,18 @@ def main() -> int:
         (f"machine: {gpu or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
          f"({torch.get_num_threads()} threads), device {device.type}, PGD {args.iterations} iterations, epsilon {EPSILON}, step {STEP}"),
         "",
-        ("| case | batch | method | images/s | ms / iteration | peak memory (MiB) | speed-up | mean disruption mse | same as original "
-         "| achieved GFLOP/s" + (" | of bf16 peak" if peak_rate else "") + " |"),
-        "|---" * (11 if peak_rate else 10) + "|",
+        ("| case | batch | method | images/s | ms / iteration | peak memory (MiB) | attack MiB / image | speed-up | mean disruption mse "
+         "| same as original | achieved GFLOP/s" + (" | of bf16 peak" if peak_rate else "") + " |"),
+        "|---" * (12 if peak_rate else 11) + "|",
     ]
     print("\n".join(lines), flush=True)
+    plans = []
     for case_name in args.cases.split(","):
         case = _cases()[case_name]
         flops = flops_per_step(case_name, device)
+        plans.append(f"{case_name}: " + ", ".join(
+            f"{PEAK_PER_KEPT * memory.activation_bytes(_generator(case).to(device), case.size, dtype) / 2**20:.0f} MiB {name}"
+            for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))))
         targets = max(1, len(case.targets))
         for batch in (int(b) for b in args.batches.split(",")):
             baseline: dict[str, Any] | None = None
@@ -325,13 +350,15 @@ def main() -> int:
                 rate = flops * batch * targets * args.iterations / row["seconds"]  # every method runs each (image, target) pass
                 cells = [
                     case_name, str(batch), method, f"{batch / row['seconds']:.3f}", f"{1000 * row['seconds'] / args.iterations:.0f}",
-                    f"{row['peak_bytes'] / 2**20:.0f}", speedup, f"{disruption.mean():.4f}", same, f"{rate / 1e9:.1f}",
+                    f"{row['peak_bytes'] / 2**20:.0f}", f"{row['attack_bytes_per_image'] / 2**20:.0f}", speedup, f"{disruption.mean():.4f}", same, f"{rate / 1e9:.1f}",
                 ]
                 if peak_rate:
                     cells.append(f"{rate / peak_rate:.1%}")
                 line = "| " + " | ".join(cells) + " |"
                 lines.append(line)
                 print(line, flush=True)
+    lines += ["", "The engine's planned peak per sample (PEAK_PER_KEPT x what its backward keeps): " + "; ".join(plans)]
+    print("\n".join(lines[-2:]), flush=True)
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
