@@ -110,7 +110,7 @@ def linf_attack(
 
     inputs: tensors in [-1, 1] (any shapes; they are never modified).
     seed: one seed for all inputs' starts, drawn in turn, or one seed per input (each input then
-    starts exactly as it would alone with its seed: requests batched together keep their results).
+    starts exactly as it would alone with its seed, whatever else is in the batch).
     Returns new detached tensors of the same shapes.
     """
     config.validate()

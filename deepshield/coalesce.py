@@ -2,7 +2,8 @@
 of them gets a slot first attacks all of them in one batch (see Engine.protect).
 
 Each request keeps its own seed (the attack starts every photo from its own generator), so a
-photo gets the same perturbation pooled or alone, up to floating-point reassociation.
+photo gets the same attack pooled or alone: in fp32 the same perturbation up to floating-point
+reassociation, in bf16 up to how the batch rounds (see Engine.protect_batch).
 """
 
 from __future__ import annotations

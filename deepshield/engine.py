@@ -522,7 +522,8 @@ class Engine:
 
         With `coalesce` (the default on CUDA), requests with the same settings that wait for a
         slot at the same time are attacked together in one batch by whichever gets the slot
-        first, each from its own seed, so each gets what it would have got alone."""
+        first, each from its own seed, so each gets the attack it would have got alone (see
+        `protect_batch` on how close the results are)."""
         if not self.coalesce:
             return self.protect_batch([image], seed=seed, on_step=on_step, progress=progress, batch_size=batch_size, **options)[0]
         plan = self._plan(**options)
@@ -561,7 +562,9 @@ class Engine:
         checkpoint to use instead of the manifest's (single model only). Images are attacked
         `batch_size` at a time (default: as many as suit the device, see `images_per_pass`). Photo i
         is attacked from `seed + i` (`seed` random if None; each report gives its photo's seed),
-        so a photo gets what `protect(photo, seed=seed + i)` gives, however the work is split.
+        so a photo gets the attack `protect(photo, seed=seed + i)` runs, however the work is
+        split: in fp32 the same photo within one 8-bit level; under bf16 a batch rounds
+        differently, so a few % of the values differ (the disruption does not).
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
         is False; other models, and photos without a face, use the largest centred square.
         `robust`: "eot" optimises the loss through differentiable sharing transformations, one

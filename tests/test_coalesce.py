@@ -1,5 +1,6 @@
 """Single-photo requests that wait for the engine together are attacked in one batch, each from its
-own seed, and each gets what it would have got alone."""
+own seed, and each gets what it would have got alone: in fp32 the same perturbation up to float
+reassociation; in bf16 the same attack, whose passes round differently in a batch."""
 
 from __future__ import annotations
 
@@ -19,9 +20,21 @@ from tests.conftest import tiny_models
 OPTIONS: dict[str, Any] = {"model": "tiny-cyclegan", "iterations": 3}
 
 
-@pytest.fixture
-def engine(models_dir: Path) -> Engine:
-    return Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=8, coalesce=True)
+@pytest.fixture(params=["fp32", "bf16"])
+def engine(models_dir: Path, request: pytest.FixtureRequest) -> Engine:
+    return Engine(tiny_models(models_dir), device="cpu", max_concurrent=1, max_queue=8, coalesce=True, precision=request.param)
+
+
+def assert_same_attack(engine: Engine, pooled: Any, alone: Any) -> None:
+    """fp32: the same 8-bit photo within one level. bf16: the same start, so most values agree
+    (measured: 3-6% differ by more than a level, 20% with EOT's transformations in the loop,
+    68% from another seed) and the disruption is the same."""
+    difference = np.abs(pooled.protected_rgb.astype(int) - alone.protected_rgb.astype(int))
+    if engine.autocast_dtype is None:
+        assert difference.max() <= 1 and difference.mean() < 0.01
+    else:
+        assert (difference > 1).mean() < 0.35
+    assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.05)
 
 
 def photo(side: int, seed: int) -> Image.Image:
@@ -60,10 +73,7 @@ def test_waiting_requests_run_as_one_batch_and_match_their_solo_results(engine):
     assert set(passes) == {3}  # one pass of three photos, every step
     assert [r.metrics["seed"] for r in pooled] == [10, 11, 12]
     for request, result in zip(requests, pooled):
-        alone = engine.protect_batch([request["image"]], seed=request["seed"], **OPTIONS)[0]
-        difference = np.abs(result.protected_rgb.astype(int) - alone.protected_rgb.astype(int))
-        assert difference.max() <= 1 and difference.mean() < 0.01  # the same perturbation, up to float reassociation
-        assert result.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.05)
+        assert_same_attack(engine, result, engine.protect_batch([request["image"]], seed=request["seed"], **OPTIONS)[0])
 
 
 def test_requests_with_other_settings_are_not_pooled(engine):
@@ -99,8 +109,7 @@ def test_robust_requests_pool_and_draw_their_own_transformations(engine):
     pooled, passes = protect_together(engine, requests)
     assert set(passes) == {2} and all(r.metrics["robust"] == "eot" for r in pooled)
     for request, result in zip(requests, pooled):
-        alone = engine.protect_batch([request["image"]], seed=request["seed"], robust="eot", **OPTIONS)[0]
-        assert np.abs(result.protected_rgb.astype(int) - alone.protected_rgb.astype(int)).max() <= 1
+        assert_same_attack(engine, result, engine.protect_batch([request["image"]], seed=request["seed"], robust="eot", **OPTIONS)[0])
 
 
 def test_pooling_is_on_where_it_pays_off(models_dir):
