@@ -24,8 +24,8 @@ memory):
   perturbation per photo, the product's default.
 
 Columns: images per second (an image counts once all its targets are attacked), milliseconds per
-PGD iteration over the whole batch, peak memory during the attack (max RSS on CPU, max allocated
-on CUDA) and what the attack added to it per image (peak minus the memory in use when it started,
+PGD iteration over the whole batch, peak memory during the attack (the resident high-water mark
+on CPU, max allocated on CUDA) and what the attack added to it per image (peak minus the memory in use when it started,
 over the batch size: activations and gradients, not weights or photos), speed-up
 over `original` at the same batch, mean disruption mse (8-bit written image vs the clean photo's
 deepfake, on [-1, 1]) with a paired check that `engine` equals `original` within noise, and the
@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -250,18 +249,25 @@ def _attack_label_maps(generator: torch.nn.Module, maps: torch.Tensor, config: a
 
 
 def _memory_start(device: torch.device) -> int:
-    """Bytes in use now (allocated on CUDA, resident on CPU); on CUDA the peak counter starts here."""
+    """Bytes in use now (allocated on CUDA, resident on CPU); the peak counter starts here (on
+    Linux CPUs by resetting the process's resident high-water mark, so setup does not count)."""
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_bytes("VmRSS")
 
 
 def _memory_peak(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _proc_status_bytes("VmHWM")
+
+
+def _proc_status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def flops_per_step(case_name: str, device: torch.device) -> float:
