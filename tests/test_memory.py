@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deepshield import memory
-from deepshield.engine import CPU_PASS_PIXELS, Engine
+from deepshield.engine import CPU_PASS_PIXELS, PASS_MEMORY_SHARE, PEAK_PER_KEPT, Engine
 from deepshield.errors import OutOfMemoryError
 from tests.conftest import tiny_models
 
@@ -52,8 +52,10 @@ def test_passes_shrink_to_the_free_memory_and_split_a_batch_that_does_not_fit(en
     per_photo = plan.ensemble.kept_bytes([[1]], None)
     assert per_photo == 3 * engine.load("tiny-stargan").kept_bytes(32, None)  # 3 targets, one sample each
     assert engine.images_per_pass(plan.ensemble) == CPU_PASS_PIXELS // (3 * 32 * 32)  # plenty of memory: sized for the caches
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(10 * PEAK_PER_KEPT * per_photo / PASS_MEMORY_SHARE) + 1)
+    assert engine.images_per_pass(plan.ensemble) == 10  # memory binds before the cache-sized pass
     monkeypatch.setattr(memory, "free_bytes", lambda device: int(2.5 * per_photo))
-    assert engine.images_per_pass(plan.ensemble) == 1  # 2.5 photos' worth, at PEAK_PER_KEPT x 2 and 80%
+    assert engine.images_per_pass(plan.ensemble) == 1  # room for 2.5 photos' kept tensors, but not at their peak
 
     sizes: list[int] = []
     split = engine.protect_batch(photos(6), model="tiny-stargan", iterations=2, seed=3, batch_size=6,
