@@ -82,7 +82,7 @@ def pick_precision(device: torch.device, requested: str | None = None) -> torch.
     """The autocast dtype of the attack's forward/backward passes: None (fp32) or bfloat16.
 
     `auto` (default; DEEPSHIELD_PRECISION) is bf16 where the device computes it natively (CUDA
-    GPUs, CPUs with AVX512-BF16 or AMX: 1.6-1.9x faster on a 2-core AVX512-BF16 CPU at the same
+    GPUs, CPUs with AVX512-BF16 or AMX: 1.7-2.1x faster on a 2-core AVX512-BF16 CPU at the same
     disruption, bench/RESULTS.md), fp32 elsewhere; `bf16` and `fp32` force one. References and
     every reported number are always computed in fp32.
     """
