@@ -56,7 +56,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield import attacks, imaging, memory
-from deepshield.engine import CPU_PASS_PIXELS, GPU_PASS_PHOTOS, PEAK_PER_KEPT, Engine, pick_device
+from deepshield.engine import PEAK_PER_KEPT, Engine, pick_device
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.models import get_architecture
 
@@ -210,8 +210,8 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
             before = _memory_start(device)
             started = time.perf_counter()
-            if case.label_map:  # in passes sized as Engine.images_per_pass sizes them
-                per_pass = GPU_PASS_PHOTOS if device.type == "cuda" else max(1, CPU_PASS_PIXELS // case.size**2)
+            if case.label_map:  # in passes sized as the engine sizes them
+                per_pass = engine.photos_per_pass(case.size**2, model.kept_bytes(case.size, engine.autocast_dtype))
                 adversarial = torch.cat([_attack_label_maps(generator, part, config, engine.autocast_dtype) for part in clean.split(per_pass)])
             elif method == "engine-joint" or conditions is None:
                 results = engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,

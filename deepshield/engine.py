@@ -718,15 +718,20 @@ class Engine:
         return verification.VerifyResult(verification.describe(before, copy), checks)
 
     def images_per_pass(self, ensemble: _Ensemble) -> int:
-        """How many photos to attack together (one face per photo assumed; every target is a
-        sample): as many as fit in the device's free memory (`PASS_MEMORY_SHARE` of it, at
-        `PEAK_PER_KEPT` times what the backward keeps), and at most `GPU_PASS_PHOTOS` on a
-        GPU or, on a CPU, as many as keep a pass within `CPU_PASS_PIXELS`."""
-        per_photo = PEAK_PER_KEPT * ensemble.kept_bytes([[1] * len(ensemble.models)], self.autocast_dtype)
-        fitting = max(1, int(PASS_MEMORY_SHARE * memory.free_bytes(self.device) // per_photo))
+        """How many photos of a request to attack together (`photos_per_pass`; one face per
+        photo assumed; every target is a sample)."""
+        pixels = max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
+        return self.photos_per_pass(pixels, ensemble.kept_bytes([[1] * len(ensemble.models)], self.autocast_dtype))
+
+    def photos_per_pass(self, pixels: int, kept: int) -> int:
+        """How many photos to attack together when one photo's pass has `pixels` generator input
+        pixels (samples x height x width, the largest model's) and keeps `kept` bytes for its
+        backward: as many as fit in the device's free memory (`PASS_MEMORY_SHARE` of it, at
+        `PEAK_PER_KEPT` times the kept bytes), and at most `GPU_PASS_PHOTOS` on a GPU or, on a
+        CPU, as many as keep a pass within `CPU_PASS_PIXELS`."""
+        fitting = max(1, int(PASS_MEMORY_SHARE * memory.free_bytes(self.device) // (PEAK_PER_KEPT * kept)))
         if self.device.type != "cpu":
             return min(fitting, GPU_PASS_PHOTOS)
-        pixels = max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
         return min(fitting, max(1, CPU_PASS_PIXELS // pixels))
 
     def _model_size(self, model: LoadedModel, override: int | None) -> int:
