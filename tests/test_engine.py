@@ -241,7 +241,7 @@ def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, mon
     cpu = torch.device("cpu")
     assert pick_precision(cpu, "fp32") is None and pick_precision(cpu, "bf16") is torch.bfloat16
     for native in (True, False):  # auto: bf16 only where the CPU has bf16 instructions
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         assert pick_precision(cpu, "auto") is (torch.bfloat16 if native else None)
         assert Engine(engine.specs, device="cpu").autocast_dtype is (torch.bfloat16 if native else None)
