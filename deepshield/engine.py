@@ -561,7 +561,8 @@ class Engine:
         see `attacks.STRENGTHS`); `targets` picks labels of a conditional model (default:
         all, attacked jointly); `image_size` overrides the model resolution; `weights` is a
         checkpoint to use instead of the manifest's (single model only). Images are attacked
-        `batch_size` at a time (default: as many as suit the device, see `images_per_pass`). Photo i
+        `batch_size` at a time (default: as many as fit the device's free memory when the pass
+        starts, see `images_per_pass`). Photo i
         is attacked from `seed + i` (`seed` random if None; each report gives its photo's seed),
         so a photo gets the attack `protect(photo, seed=seed + i)` runs, however the work is
         split: in fp32 the same photo within one 8-bit level; under bf16 a batch rounds
@@ -579,12 +580,12 @@ class Engine:
             raise InvalidParameterError("batch_size must be at least 1")
         first_seed = _seed(seed)
         photos = [imaging.load_photo(img) for img in images]
-        batch_size = batch_size or self.images_per_pass(plan.ensemble)
         results: list[ProtectionResult] = []
-        for start in range(0, len(photos), batch_size):
-            chunk = photos[start : start + batch_size]
-            seeds = [first_seed + start + k for k in range(len(chunk))]
-            with self.admission():
+        while len(results) < len(photos):
+            with self.admission():  # the pass size is planned on the memory free once a slot is held
+                start = len(results)
+                chunk = photos[start : start + (batch_size or self.images_per_pass(plan.ensemble))]
+                seeds = [first_seed + start + k for k in range(len(chunk))]
                 results += self._protect_fitting(chunk, plan.ensemble, plan.config, seeds, on_step, **plan.chunk_options)
             if progress is not None:
                 progress(len(results), len(photos))
