@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from deepshield import attacks
-from deepshield.engine import DEFAULT_MODEL, Engine
+from deepshield.engine import COMPILE_MODES, DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
 from deepshield.weights import convert_checkpoint, resolve_weights
 
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--batch-size", type=int, help="images attacked together (default: what suits the device)")
     protect.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                          help="attack passes in bf16 (auto: where the device has bf16 in hardware; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
+    protect.add_argument("--compile", dest="compile_mode", choices=list(COMPILE_MODES),
+                         help="torch.compile the attack passes (default DEEPSHIELD_COMPILE or off); each new batch shape compiles anew")
     protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum"],
                          help="optimise over random JPEG/resize/blur/shift (eot, the default) or cycled blurs (spread-spectrum)")
     protect.add_argument("--check-robustness", action="store_true",
@@ -121,7 +123,7 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _protect(args: argparse.Namespace) -> None:
-    engine = Engine(device=args.device, precision=args.precision)
+    engine = Engine(device=args.device, precision=args.precision, compile_mode=args.compile_mode)
     outputs = _output_paths(args)
     step = args.batch_size or 8  # photos per call, so results are written as they come
     show_bar = len(args.inputs) > 1 or args.iterations >= 20

@@ -54,6 +54,7 @@ DEFAULT_MODEL = "cyclegan-vintage"
 ROBUST_MODES = (None, "eot", "spread-spectrum")
 MAX_IMAGE_SIZE = 2048
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 GPU_PASS_PHOTOS = 8
 PASS_MEMORY_SHARE = 0.8
 """Share of the device's free memory a pass is planned to fill."""
@@ -96,6 +97,17 @@ def pick_precision(device: torch.device, requested: str | None = None) -> torch.
     return torch.bfloat16 if native_bf16(device) else None
 
 
+def pick_compile_mode(requested: str | None = None) -> str | None:
+    """The `torch.compile` mode of the attack's generator passes, None for eager (`off`, the
+    default; DEEPSHIELD_COMPILE). `default` and `max-autotune` compile with inductor;
+    `reduce-overhead` also replays CUDA graphs on a GPU. Each new batch shape compiles anew
+    (tens of seconds), so it pays off for long runs of same-sized batches, not a web demo."""
+    choice = (requested or os.environ.get("DEEPSHIELD_COMPILE") or "off").lower()
+    if choice not in COMPILE_MODES:
+        raise InvalidParameterError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {choice!r}")
+    return None if choice == "off" else choice
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     """`auto` (default) -> cuda when available, else cpu. From DEEPSHIELD_DEVICE or DEVICE."""
     choice = (requested or os.environ.get("DEEPSHIELD_DEVICE") or os.environ.get("DEVICE") or "auto").lower()
@@ -115,6 +127,8 @@ class LoadedModel:
 
     spec: ModelSpec
     generator: Generator
+    attack_forward: Callable[..., Tensor]
+    """The generator as the attack's passes call it: compiled (`Engine(compile_mode=...)`) or itself."""
     weights_path: Path
     weights_format: str
     weights_sha256: str
@@ -258,7 +272,7 @@ class _Ensemble:
         crops = [c for job, region in zip(jobs, regions) for c in job.crops(index, region)]
         batch = torch.cat([imaging.center_crop_resize(c, self.sizes[index]) for c in crops])
         _, vectors = self.conditions[index]
-        generator = self.models[index].generator
+        generator = self.models[index].attack_forward
         if vectors is None:
             return generator(batch)
         count = vectors.shape[0]
@@ -339,11 +353,13 @@ class Engine:
         max_concurrent: int | None = None,
         max_queue: int | None = None,
         precision: str | None = None,
+        compile_mode: str | None = None,
         coalesce: bool | None = None,
     ) -> None:
         self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
         self.device = pick_device(device)
         self.autocast_dtype = pick_precision(self.device, precision)
+        self.compile_mode = pick_compile_mode(compile_mode)
         self.max_loaded = max_loaded
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -388,6 +404,7 @@ class Engine:
             model = LoadedModel(
                 spec=spec,
                 generator=generator,
+                attack_forward=generator if self.compile_mode is None else torch.compile(generator, mode=self.compile_mode, dynamic=False),
                 weights_path=loaded.path,
                 weights_format=loaded.format,
                 weights_sha256=loaded.sha256,
