@@ -101,7 +101,8 @@ def pick_compile_mode(requested: str | None = None) -> str | None:
     """The `torch.compile` mode of the attack's generator passes, None for eager (`off`, the
     default; DEEPSHIELD_COMPILE). `default` and `max-autotune` compile with inductor;
     `reduce-overhead` also replays CUDA graphs on a GPU. Each new batch shape compiles anew
-    (tens of seconds), so it pays off for long runs of same-sized batches, not a web demo."""
+    (15-30 s on a 2-core CPU, for passes 1.04-1.29x faster: bench/RESULTS.md), so it pays off
+    for batch work over many photos, not for single web requests."""
     choice = (requested or os.environ.get("DEEPSHIELD_COMPILE") or "off").lower()
     if choice not in COMPILE_MODES:
         raise InvalidParameterError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {choice!r}")
@@ -128,7 +129,8 @@ class LoadedModel:
     spec: ModelSpec
     generator: Generator
     attack_forward: Callable[..., Tensor]
-    """The generator as the attack's passes call it: compiled (`Engine(compile_mode=...)`) or itself."""
+    """The generator as the attack's gradient passes call it: compiled (`Engine(compile_mode=...)`)
+    or itself."""
     weights_path: Path
     weights_format: str
     weights_sha256: str
@@ -272,7 +274,10 @@ class _Ensemble:
         crops = [c for job, region in zip(jobs, regions) for c in job.crops(index, region)]
         batch = torch.cat([imaging.center_crop_resize(c, self.sizes[index]) for c in crops])
         _, vectors = self.conditions[index]
-        generator = self.models[index].attack_forward
+        model = self.models[index]
+        # Compiled passes serve the attack's gradient steps only: references and reports stay
+        # eager (one graph per shape to compile, and a CUDA graph's output is used before its next replay).
+        generator = model.attack_forward if torch.is_grad_enabled() else model.generator
         if vectors is None:
             return generator(batch)
         count = vectors.shape[0]
