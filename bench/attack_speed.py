@@ -2,6 +2,7 @@
 
     python bench/attack_speed.py [--cases stargan-128,stargan-256,ganimation-128,cyclegan-256,pix2pixhd-global-512]
         [--batches 1,8,32] [--iterations 10] [--device auto] [--markdown FILE]
+        [--methods original,engine,engine-bf16,engine-joint[,engine-compiled,engine-bf16-compiled]]
 
 Same generator (the published layer shapes, random weights drawn from a fixed seed: speed does
 not depend on the weights, and the Hub is out of reach here), same photos (faces-dev crops resized
@@ -22,6 +23,9 @@ memory):
   its disruption checked against the original's (fp32).
 - `engine-joint`: conditional models only: one `protect_batch` call attacking all targets with one
   perturbation per photo, the product's default.
+- `engine-compiled`, `engine-bf16-compiled` (on request, `--methods`): `engine` / `engine-bf16`
+  with the passes compiled by `torch.compile` (`DEEPSHIELD_COMPILE=default`). A one-step run on
+  the same batch compiles first; its time is printed under the table, not counted in it.
 
 Columns: images per second (an image counts once all its targets are attacked), milliseconds per
 PGD iteration over the whole batch, peak memory during the attack (the resident high-water mark
@@ -56,7 +60,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield import attacks, imaging, memory
-from deepshield.engine import PEAK_PER_KEPT, Engine, pick_device
+from deepshield.engine import PEAK_PER_KEPT, Engine, LoadedModel, pick_device
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.models import get_architecture
 
@@ -168,7 +172,7 @@ def _disruption(generator: torch.nn.Module, clean: torch.Tensor, adversarial: to
         return torch.cat(out).cpu().numpy()
 
 
-def _engine(case_name: str, case: Case, device: torch.device, directory: Path, precision: str) -> Engine:
+def _engine(case_name: str, case: Case, device: torch.device, directory: Path, precision: str, compile_mode: str) -> Engine:
     """An engine whose one model is the case's generator (weights written to `directory`)."""
     save_file({k: v.contiguous() for k, v in _generator(case).state_dict().items()}, str(directory / "g.safetensors"))
     os.environ["DEEPSHIELD_MODELS_DIR"] = str(directory)
@@ -178,7 +182,7 @@ def _engine(case_name: str, case: Case, device: torch.device, directory: Path, p
         weights=WeightsSource(kind="local", filename="g.safetensors", format=case.fmt), license="bench", description="bench",
         targets=MappingProxyType(case.targets),
     )
-    return Engine({case_name: spec}, device=str(device), precision=precision)
+    return Engine({case_name: spec}, device=str(device), precision=precision, compile_mode=compile_mode)
 
 
 def _sync(device: torch.device) -> None:
@@ -190,11 +194,13 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
     """One measurement, in this process: seconds, disruption per (image, target), peak memory."""
     case = _cases()[case_name]
     conditions = _conditions(case, device)
+    photos: list[np.ndarray] = []
     if case.label_map:
         clean = _label_maps(case, batch).to(device)
     else:
         photos = _photos(case, batch)
         clean = torch.cat([imaging.to_tensor(p) for p in photos]).to(device)
+    warmup = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         if method == "original":
             generator = _generator(case).to(device)  # as shipped: parameters require gradients
@@ -204,27 +210,17 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             _sync(device)
             seconds = time.perf_counter() - started
         else:
-            engine = _engine(case_name, case, device, Path(tmp), "bf16" if method == "engine-bf16" else "fp32")
-            model = engine.load(case_name)
-            generator = model.generator
-            config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
+            precision = "bf16" if "-bf16" in method else "fp32"
+            compiled = method.endswith("-compiled")
+            engine = _engine(case_name, case, device, Path(tmp), precision, compile_mode="default" if compiled else "off")
+            if compiled:  # compile every graph of these batch shapes first: one step, not timed
+                started = time.perf_counter()
+                _engine_attack(engine, case_name, case, method, clean, photos, 1)
+                _sync(device)
+                warmup = time.perf_counter() - started
             before = _memory_start(device)
             started = time.perf_counter()
-            if case.label_map:  # in passes sized as the engine sizes them
-                per_pass = engine.photos_per_pass(case.size**2, model.kept_bytes(case.size, engine.autocast_dtype))
-                adversarial = torch.cat([_attack_label_maps(generator, part, config, engine.autocast_dtype) for part in clean.split(per_pass)])
-            elif method == "engine-joint" or conditions is None:
-                results = engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
-                                               seed=0, detect_faces=False)
-                adversarial = torch.cat([imaging.to_tensor(r.protected_rgb) for r in results]).to(device)
-            else:
-                per_target = [
-                    engine.protect_batch([Image.fromarray(p) for p in photos], model=case_name, iterations=iterations, step_size=STEP,
-                                         seed=0, targets=[label], detect_faces=False)
-                    for label in case.targets
-                ]
-                adversarial = torch.stack([torch.cat([imaging.to_tensor(r.protected_rgb) for r in rs]) for rs in per_target], dim=1)
-                adversarial = adversarial.flatten(0, 1).to(device)  # image-major, targets together
+            adversarial = _engine_attack(engine, case_name, case, method, clean, photos, iterations)
             _sync(device)
             seconds = time.perf_counter() - started
         peak = _memory_peak(device)
@@ -232,18 +228,37 @@ def run_one(case_name: str, method: str, batch: int, iterations: int, device: to
             adversarial = adversarial.repeat_interleave(conditions.shape[0], dim=0)
         disruption = _disruption(_generator(case).to(device), clean, adversarial, conditions, rgb=not case.label_map)
     return {"case": case_name, "method": method, "batch": batch, "seconds": seconds, "disruption": disruption.tolist(),
-            "peak_bytes": peak, "attack_bytes_per_image": max(0, peak - before) / batch}
+            "peak_bytes": peak, "attack_bytes_per_image": max(0, peak - before) / batch, "warmup_seconds": warmup}
 
 
-def _attack_label_maps(generator: torch.nn.Module, maps: torch.Tensor, config: attacks.AttackConfig, dtype: torch.dtype | None) -> torch.Tensor:
+def _engine_attack(engine: Engine, case_name: str, case: Case, method: str, clean: torch.Tensor, photos: list[np.ndarray],
+                   iterations: int) -> torch.Tensor:
+    """The engine's PGD on the batch: adversarial inputs [n * T, C, s, s] (image-major, targets
+    together) for per-target methods, [n, C, s, s] for `engine-joint` and unconditional models."""
+    model = engine.load(case_name)
+    config = attacks.preset("pgd", epsilon=EPSILON, iterations=iterations, step_size=STEP)
+    if case.label_map:  # in passes sized as the engine sizes them
+        per_pass = engine.photos_per_pass(case.size**2, model.kept_bytes(case.size, engine.autocast_dtype))
+        return torch.cat([_attack_label_maps(model, part, config, engine.autocast_dtype) for part in clean.split(per_pass)])
+    options = {"model": case_name, "iterations": iterations, "step_size": STEP, "seed": 0, "detect_faces": False}
+    images = [Image.fromarray(p) for p in photos]
+    if method == "engine-joint" or not case.targets:
+        return torch.cat([imaging.to_tensor(r.protected_rgb) for r in engine.protect_batch(images, **options)]).to(clean.device)
+    per_target = [engine.protect_batch(images, targets=[label], **options) for label in case.targets]
+    adversarial = torch.stack([torch.cat([imaging.to_tensor(r.protected_rgb) for r in rs]) for rs in per_target], dim=1)
+    return adversarial.flatten(0, 1).to(clean.device)
+
+
+def _attack_label_maps(model: LoadedModel, maps: torch.Tensor, config: attacks.AttackConfig, dtype: torch.dtype | None) -> torch.Tensor:
     """The engine's attack on label maps [n, C, s, s]: the frozen generator's passes (under
-    autocast to `dtype` when given) pushed away from its fp32 output on the clean maps."""
+    autocast to `dtype` when given, compiled when the engine compiles) pushed away from its
+    fp32 output on the clean maps."""
     with torch.no_grad():
-        reference = generator(maps)
+        reference = model.generator(maps)
 
     def objective(xs: list[torch.Tensor]) -> torch.Tensor:
         with torch.autocast(maps.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return attacks.output_distance(generator(xs[0]), reference).float()
+            return attacks.output_distance(model.attack_forward(xs[0]), reference).float()
 
     return attacks.linf_attack(objective, [maps], config, seed=0)[0]
 
@@ -270,14 +285,11 @@ def _proc_status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def flops_per_step(case_name: str, device: torch.device) -> float:
-    """Forward + backward FLOPs of one PGD step for one (image, target)."""
+def flops_per_step(case: Case, generator: torch.nn.Module, device: torch.device) -> float:
+    """Forward + backward FLOPs of one PGD step for one (image, target) through the frozen
+    `generator` (on `device`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    case = _cases()[case_name]
-    generator = _generator(case).to(device)
-    for p in generator.parameters():
-        p.requires_grad_(False)
     channels = case.params["input_nc"] if case.label_map else 3
     x = torch.zeros(1, channels, case.size, case.size, device=device, requires_grad=True)
     conditions = _conditions(case, device)
@@ -334,12 +346,13 @@ def main() -> int:
         "|---" * (12 if peak_rate else 11) + "|",
     ]
     print("\n".join(lines), flush=True)
-    plans = []
+    plans, warmups = [], []
     for case_name in args.cases.split(","):
         case = _cases()[case_name]
-        flops = flops_per_step(case_name, device)
+        generator = _generator(case).to(device).requires_grad_(False)
+        flops = flops_per_step(case, generator, device)
         plans.append(f"{case_name}: " + ", ".join(
-            f"{PEAK_PER_KEPT * memory.activation_bytes(_generator(case).to(device), case.size, dtype) / 2**20:.0f} MiB {name}"
+            f"{PEAK_PER_KEPT * memory.activation_bytes(generator, case.size, dtype) / 2**20:.0f} MiB {name}"
             for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))))
         targets = max(1, len(case.targets))
         for batch in (int(b) for b in args.batches.split(",")):
@@ -352,7 +365,7 @@ def main() -> int:
                 if method == "original":
                     baseline = row
                 speedup = f"{baseline['seconds'] / row['seconds']:.2f}x" if baseline else "-"
-                same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method in ("engine", "engine-bf16") else "-"
+                same = _paired_equal(np.array(baseline["disruption"]), disruption) if baseline and method not in ("original", "engine-joint") else "-"
                 rate = flops * batch * targets * args.iterations / row["seconds"]  # every method runs each (image, target) pass
                 cells = [
                     case_name, str(batch), method, f"{batch / row['seconds']:.3f}", f"{1000 * row['seconds'] / args.iterations:.0f}",
@@ -360,11 +373,16 @@ def main() -> int:
                 ]
                 if peak_rate:
                     cells.append(f"{rate / peak_rate:.1%}")
+                if row["warmup_seconds"]:
+                    warmups.append(f"{case_name} batch {batch} {method} {row['warmup_seconds']:.1f} s")
                 line = "| " + " | ".join(cells) + " |"
                 lines.append(line)
                 print(line, flush=True)
-    lines += ["", "The engine's planned peak per sample (PEAK_PER_KEPT x what its backward keeps): " + "; ".join(plans)]
-    print("\n".join(lines[-2:]), flush=True)
+    notes = ["", "The engine's planned peak per sample (PEAK_PER_KEPT x what its backward keeps): " + "; ".join(plans)]
+    if warmups:
+        notes += ["", "Compilation (a one-step run before the timed one, not in the table): " + "; ".join(warmups)]
+    lines += notes
+    print("\n".join(notes), flush=True)
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
