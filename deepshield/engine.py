@@ -101,7 +101,7 @@ def pick_compile_mode(requested: str | None = None) -> str | None:
     """The `torch.compile` mode of the attack's generator passes, None for eager (`off`, the
     default; DEEPSHIELD_COMPILE). `default` and `max-autotune` compile with inductor;
     `reduce-overhead` also replays CUDA graphs on a GPU. Each new batch shape compiles anew
-    (16-26 s on a 2-core CPU, for attacks 1.08-1.18x faster: bench/RESULTS.md), so it pays off
+    (16-25 s on a 2-core CPU, for attacks 1.09-1.25x faster: bench/RESULTS.md), so it pays off
     for batch work over many photos, not for single web requests."""
     choice = (requested or os.environ.get("DEEPSHIELD_COMPILE") or "off").lower()
     if choice not in COMPILE_MODES:
