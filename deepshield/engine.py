@@ -842,7 +842,7 @@ class Engine:
             protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
             scale = 1.0
             if ssim_floor is not None:
-                protected, scale = perceptual.hold_ssim(job.photo.rgb, protected, ssim_floor)
+                protected, scale = perceptual.hold_ssim(job.photo.rgb, protected, ssim_floor, device=self.device)
             result = self._result(job, protected, ensemble, list(own), {**header, "seed": photo_seed})
             if ssim_floor is not None:
                 result.metrics["perceptual"] = {"ssim_floor": ssim_floor, "scale": scale}
@@ -876,7 +876,7 @@ class Engine:
                 region = job.region(imaging.to_tensor(rgb).to(self.device))
                 fakes = ensemble.all_deepfakes([job], [region])
             report = {
-                "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb),
+                "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb, self.device),
                 "disruption": ensemble.disruption(fakes, references),
             }
             return report, fakes

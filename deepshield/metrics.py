@@ -1,7 +1,8 @@
 """Perturbation, quality and disruption metrics (DESIGN.md section 1).
 
 Perturbation norms are on the [-1, 1] scale the attacks use (also given in /255 units);
-PSNR and SSIM compare the written 8-bit file with the input on [0, 1].
+PSNR and SSIM compare the written 8-bit file with the input on [0, 1]. They run with torch on
+the device given (the engine's), so a GPU measures a 1024 px photo in about a millisecond.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import math
 
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
+import torch.nn.functional as F
 from torch import Tensor
 
 DISRUPTION_THRESHOLD = 0.05  # the paper: an output with mse > 0.05 on [-1, 1] counts as disrupted
+SSIM_WINDOW = 7  # scikit-image's structural_similarity defaults: 7x7 uniform window,
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # these constants and the sample (N - 1) covariance
 
 
-def perturbation_metrics(original: np.ndarray, protected: np.ndarray) -> dict[str, float | None]:
+def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: torch.device | str = "cpu") -> dict[str, float | None]:
     """original, protected: uint8 [H, W, C] arrays of the same shape.
 
     Returns linf and l2 of the perturbation on [-1, 1], linf in /255 units, psnr (dB, None when
@@ -24,27 +27,56 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray) -> dict[st
     """
     if original.shape != protected.shape:
         raise ValueError(f"shapes differ: {original.shape} vs {protected.shape}")
-    diff = protected.astype(np.float64) - original.astype(np.float64)  # in 0..255 units
-    linf_255 = float(np.abs(diff).max()) if diff.size else 0.0
-    mse01 = float(np.mean((diff / 255.0) ** 2)) if diff.size else 0.0
+    a, b = _on_device(original, device), _on_device(protected, device)
+    diff = b.int() - a.int()  # in 0..255 units, exact
+    if diff.numel():
+        linf_255, squares = (float(v) for v in torch.stack([diff.abs().max().double(), diff.square().sum(dtype=torch.float64)]).tolist())
+    else:
+        linf_255, squares = 0.0, 0.0
+    mse01 = squares / 255.0**2 / diff.numel() if diff.numel() else 0.0
     return {
         "linf": linf_255 / 127.5,
-        "l2": float(np.sqrt(np.sum((diff / 127.5) ** 2))),
+        "l2": math.sqrt(squares) / 127.5,
         "linf_255": linf_255,
         "psnr": None if mse01 == 0 else 10 * math.log10(1.0 / mse01),
-        "ssim": ssim(original, protected),
+        "ssim": _ssim(a, b),
     }
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Mean SSIM of two uint8 [H, W, C] images on [0, 1]; None when smaller than 3 px."""
-    side = min(a.shape[0], a.shape[1])
+def ssim(a: np.ndarray, b: np.ndarray, device: torch.device | str = "cpu") -> float | None:
+    """Mean SSIM of two uint8 [H, W, C] images on [0, 1]; None when smaller than 3 px.
+
+    The definition of scikit-image's `structural_similarity(..., data_range=1, channel_axis=2)`:
+    a uniform 7x7 window (the largest odd one below 7 on smaller images), sample covariances,
+    the mean over the pixels whose window lies inside the image and over the channels.
+    """
+    return _ssim(_on_device(a, device), _on_device(b, device))
+
+
+def _on_device(rgb: np.ndarray, device: torch.device | str) -> Tensor:
+    """uint8 [H, W, C] (or [H, W]) as a uint8 tensor [C, 1, H, W] on `device`."""
+    pixels = rgb if rgb.ndim == 3 else rgb[:, :, None]
+    if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
+        pixels = pixels.copy()
+    pixels = torch.from_numpy(pixels)
+    return pixels.to(device).permute(2, 0, 1).unsqueeze(1)
+
+
+def _ssim(a: Tensor, b: Tensor) -> float | None:
+    """SSIM of uint8 [C, 1, H, W] tensors (see `ssim`), in fp32 with fp64 sums."""
+    side = min(a.shape[-2:])
     if side < 3:
         return None
-    window = min(7, side if side % 2 else side - 1)
-    return float(
-        structural_similarity(a.astype(np.float64) / 255.0, b.astype(np.float64) / 255.0, data_range=1.0, channel_axis=2, win_size=window)
-    )
+    window = min(SSIM_WINDOW, side if side % 2 else side - 1)
+    x, y = a.float() / 255.0, b.float() / 255.0
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [C, 5, H, W]
+    means = F.avg_pool2d(F.avg_pool2d(stack, (1, window), stride=1), (window, 1), stride=1)  # separable box filter, valid part
+    mx, my, mxx, myy, mxy = means.unbind(1)
+    covariance = window**2 / (window**2 - 1)
+    vx, vy, vxy = covariance * (mxx - mx * mx), covariance * (myy - my * my), covariance * (mxy - mx * my)
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    index = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(index.mean(dtype=torch.float64))
 
 
 def disruption_metrics(fake_protected: Tensor, fake_original: Tensor) -> dict[str, float | bool]:

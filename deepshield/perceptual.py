@@ -8,6 +8,7 @@ which the SSIM reported for the photo (`metrics.ssim`, whole image) stays at or 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from deepshield import metrics
 from deepshield.errors import InvalidParameterError
@@ -30,17 +31,20 @@ def scaled(original: np.ndarray, protected: np.ndarray, scale: float) -> np.ndar
     return np.clip(original.astype(np.float64) + np.round(scale * delta), 0, 255).astype(np.uint8)
 
 
-def hold_ssim(original: np.ndarray, protected: np.ndarray, floor: float, steps: int = BISECTION_STEPS) -> tuple[np.ndarray, float]:
+def hold_ssim(
+    original: np.ndarray, protected: np.ndarray, floor: float, steps: int = BISECTION_STEPS, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, float]:
     """(the protected photo with SSIM >= floor, the scale applied to its perturbation).
 
-    original, protected: uint8 [H, W, 3]. Scaling never leaves the budget (|scale| <= 1).
+    original, protected: uint8 [H, W, 3]. Scaling never leaves the budget (|scale| <= 1). The
+    SSIM runs on `device`.
     """
-    ssim = metrics.ssim(original, protected)
+    ssim = metrics.ssim(original, protected, device)
     if ssim is None or ssim >= floor:
         return protected, 1.0
     low, high = 0.0, 1.0  # ssim(low) >= floor > ssim(high)
     for _ in range(steps):
         middle = (low + high) / 2
-        value = metrics.ssim(original, scaled(original, protected, middle))
+        value = metrics.ssim(original, scaled(original, protected, middle), device)
         low, high = (middle, high) if value is not None and value >= floor else (low, middle)
     return scaled(original, protected, low), low
