@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from deepshield import png
 from deepshield.errors import InvalidImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; a decompression bomb claims far more
@@ -248,7 +249,7 @@ _FORMAT_MODES = {
 
 def encode(rgb: np.ndarray, like: Photo, fmt: str = "PNG") -> bytes:
     """Encode protected pixels uint8 [H, W, 3] in the mode of photo `like` (see `as_photo_mode`)
-    as PNG, JPEG (quality 95, no chroma subsampling), WebP (lossless), TIFF or BMP. A mode the
+    as PNG (`deepshield.png`, parallel), JPEG (quality 95, no chroma subsampling), WebP (lossless), TIFF or BMP. A mode the
     format cannot store is lowered: 16-bit -> 8-bit, alpha dropped, grayscale -> RGB for WebP."""
     image = as_photo_mode(rgb, like)
     allowed = _FORMAT_MODES.get(fmt, ("RGB",))
@@ -257,8 +258,10 @@ def encode(rgb: np.ndarray, like: Photo, fmt: str = "PNG") -> bytes:
             if fallback in allowed:
                 image = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]), mode="L") if fallback == "L" else Image.fromarray(rgb, mode="RGB")
                 break
+    if fmt == "PNG":
+        return png.encode(np.asarray(image))
     buffer = io.BytesIO()
-    options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}, "PNG": {"compress_level": 6}}
+    options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
     image.save(buffer, format=fmt, **options.get(fmt, {}))
     return buffer.getvalue()
 
