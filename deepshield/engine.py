@@ -770,7 +770,7 @@ class Engine:
         jobs = []
         for photo in photos:
             boxes, found = _squares(photo.rgb, ensemble.models, use_faces)
-            jobs.append(_Job(photo, imaging.to_tensor(photo.rgb).to(self.device), boxes, found))
+            jobs.append(_Job(photo, imaging.to_tensor(photo.rgb, self.device), boxes, found))
         return jobs
 
     def _protect_fitting(self, photos: list[imaging.Photo], ensemble: _Ensemble, config: attacks.AttackConfig, seeds: list[int],
@@ -873,7 +873,7 @@ class Engine:
 
         def measure(rgb: np.ndarray) -> tuple[dict[str, Any], list[Tensor]]:
             with torch.no_grad():
-                region = job.region(imaging.to_tensor(rgb).to(self.device))
+                region = job.region(imaging.to_tensor(rgb, self.device))
                 fakes = ensemble.all_deepfakes([job], [region])
             report = {
                 "perturbation": metrics.perturbation_metrics(job.photo.rgb, rgb, self.device),

@@ -168,19 +168,20 @@ def _from_pil(image: Image.Image, label: str) -> Photo:
     return Photo(rgb=rgb, alpha=alpha, name=label, mode=mode, wide=wide)
 
 
-def to_tensor(rgb: np.ndarray) -> Tensor:
-    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
+def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1] on `device` (the bytes travel, not
+    the floats)."""
     if not rgb.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
         rgb = rgb.copy()
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
+    return torch.from_numpy(rgb).to(device).permute(2, 0, 1).unsqueeze(0).float().div(127.5).sub(1.0)
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
-    """[1, 3, H, W] or [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (rounded)."""
-    x = x.detach().float().cpu()
+    """[1, 3, H, W] or [3, H, W] in [-1, 1] -> uint8 [H, W, 3] (rounded on x's device)."""
+    x = x.detach().float()
     if x.dim() == 4:
         x = x[0]
-    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def center_square(height: int, width: int) -> tuple[int, int, int]:

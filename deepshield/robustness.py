@@ -156,7 +156,7 @@ def generator_deepfake(
 
     def deepfake(rgb: np.ndarray, box: Box) -> Tensor:
         top, left, side = box
-        x = imaging.to_tensor(np.ascontiguousarray(rgb)).to(device)[:, :, top : top + side, left : left + side]
+        x = imaging.to_tensor(np.ascontiguousarray(rgb), device)[:, :, top : top + side, left : left + side]
         batch = imaging.center_crop_resize(x, image_size)
         if conditions is None:
             return generator(batch)
