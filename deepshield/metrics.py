@@ -27,7 +27,7 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: to
     """
     if original.shape != protected.shape:
         raise ValueError(f"shapes differ: {original.shape} vs {protected.shape}")
-    a, b = _on_device(original, device), _on_device(protected, device)
+    a, b = pixels_on(original, device), pixels_on(protected, device)
     diff = b.int() - a.int()  # in 0..255 units, exact
     if diff.numel():
         linf_255, squares = (float(v) for v in torch.stack([diff.abs().max().double(), diff.square().sum(dtype=torch.float64)]).tolist())
@@ -39,7 +39,7 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: to
         "l2": math.sqrt(squares) / 127.5,
         "linf_255": linf_255,
         "psnr": None if mse01 == 0 else 10 * math.log10(1.0 / mse01),
-        "ssim": _ssim(a, b),
+        "ssim": ssim_of_pixels(a, b),
     }
 
 
@@ -50,11 +50,12 @@ def ssim(a: np.ndarray, b: np.ndarray, device: torch.device | str = "cpu") -> fl
     a uniform 7x7 window (the largest odd one below 7 on smaller images), sample covariances,
     the mean over the pixels whose window lies inside the image and over the channels.
     """
-    return _ssim(_on_device(a, device), _on_device(b, device))
+    return ssim_of_pixels(pixels_on(a, device), pixels_on(b, device))
 
 
-def _on_device(rgb: np.ndarray, device: torch.device | str) -> Tensor:
-    """uint8 [H, W, C] (or [H, W]) as a uint8 tensor [C, 1, H, W] on `device`."""
+def pixels_on(rgb: np.ndarray, device: torch.device | str) -> Tensor:
+    """uint8 [H, W, C] (or [H, W]) as a uint8 tensor [C, 1, H, W] on `device`, the layout
+    `ssim_of_pixels` takes."""
     pixels = rgb if rgb.ndim == 3 else rgb[:, :, None]
     if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
         pixels = pixels.copy()
@@ -62,8 +63,8 @@ def _on_device(rgb: np.ndarray, device: torch.device | str) -> Tensor:
     return pixels.to(device).permute(2, 0, 1).unsqueeze(1)
 
 
-def _ssim(a: Tensor, b: Tensor) -> float | None:
-    """SSIM of uint8 [C, 1, H, W] tensors (see `ssim`), in fp32 with fp64 sums."""
+def ssim_of_pixels(a: Tensor, b: Tensor) -> float | None:
+    """`ssim` of uint8 [C, 1, H, W] tensors from `pixels_on`, in fp32 with fp64 sums."""
     side = min(a.shape[-2:])
     if side < 3:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from deepshield import metrics
 from deepshield.errors import InvalidParameterError
@@ -25,10 +26,10 @@ def check_floor(floor: float | None) -> float | None:
     return float(floor)
 
 
-def scaled(original: np.ndarray, protected: np.ndarray, scale: float) -> np.ndarray:
+def scaled(original: np.ndarray, protected: np.ndarray, scale: float, device: torch.device | str = "cpu") -> np.ndarray:
     """original + round(scale * (protected - original)); uint8 [H, W, C] in and out."""
-    delta = protected.astype(np.float64) - original.astype(np.float64)
-    return np.clip(original.astype(np.float64) + np.round(scale * delta), 0, 255).astype(np.uint8)
+    base = metrics.pixels_on(original, device)
+    return _as_rgb(_scaled(base, metrics.pixels_on(protected, device).float() - base.float(), scale))
 
 
 def hold_ssim(
@@ -37,14 +38,27 @@ def hold_ssim(
     """(the protected photo with SSIM >= floor, the scale applied to its perturbation).
 
     original, protected: uint8 [H, W, 3]. Scaling never leaves the budget (|scale| <= 1). The
-    SSIM runs on `device`.
+    bisection runs on `device`: the photos cross once each way.
     """
-    ssim = metrics.ssim(original, protected, device)
+    base = metrics.pixels_on(original, device)
+    delta = metrics.pixels_on(protected, device).float() - base.float()
+    ssim = metrics.ssim_of_pixels(base, _scaled(base, delta, 1.0))
     if ssim is None or ssim >= floor:
         return protected, 1.0
     low, high = 0.0, 1.0  # ssim(low) >= floor > ssim(high)
     for _ in range(steps):
         middle = (low + high) / 2
-        value = metrics.ssim(original, scaled(original, protected, middle), device)
+        value = metrics.ssim_of_pixels(base, _scaled(base, delta, middle))
         low, high = (middle, high) if value is not None and value >= floor else (low, middle)
-    return scaled(original, protected, low), low
+    return _as_rgb(_scaled(base, delta, low)), low
+
+
+def _scaled(base: Tensor, delta: Tensor, scale: float) -> Tensor:
+    """uint8 base [C, 1, H, W] plus round(scale * float delta), clipped to 0..255 (exact: scale
+    is a multiple of 1/2^steps and delta a whole number of levels)."""
+    return (base.float() + torch.round(scale * delta)).clamp(0, 255).to(torch.uint8)
+
+
+def _as_rgb(pixels: Tensor) -> np.ndarray:
+    """uint8 [C, 1, H, W] -> uint8 [H, W, C] numpy."""
+    return pixels[:, 0].permute(1, 2, 0).contiguous().cpu().numpy()
