@@ -25,6 +25,7 @@ SUB_FILTER = 1
 LEVEL = 1
 MIN_BAND_BYTES = 256 * 1024  # smaller bands cost more in lost context than threads win
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, fastest-level hint; (0x7801 % 31 == 0)
+MAX_CHUNK = 2**31 - 1  # the longest chunk the format allows
 
 
 def encode(pixels: np.ndarray) -> bytes:
@@ -41,7 +42,8 @@ def encode(pixels: np.ndarray) -> bytes:
     filtered = _sub_filtered(rows, samples * image.itemsize)
     header = struct.pack(">IIBBBBB", width, height, depth, COLOR_TYPES[samples], 0, 0, 0)
     stream = ZLIB_HEADER + _deflate_bands(filtered) + struct.pack(">I", zlib.adler32(filtered))
-    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    data = b"".join(_chunk(b"IDAT", stream[at : at + MAX_CHUNK]) for at in range(0, len(stream), MAX_CHUNK))
+    return SIGNATURE + _chunk(b"IHDR", header) + data + _chunk(b"IEND", b"")
 
 
 def _sub_filtered(rows: np.ndarray, pixel_bytes: int) -> np.ndarray:
@@ -80,3 +82,7 @@ def _workers() -> int:
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="deepshield-png")
+
+
+if hasattr(os, "register_at_fork"):  # a forked worker (Celery prefork) gets a fresh pool: threads do not survive fork
+    os.register_at_fork(after_in_child=_pool.cache_clear)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -89,3 +92,26 @@ def test_size_stays_near_pillows_level_6():
 def test_unsupported_arrays_are_refused(pixels, message):
     with pytest.raises(ValueError, match=message):
         png.encode(pixels)
+
+
+def _encode_in_child(pixels: np.ndarray, expected: bytes, results) -> None:
+    results.put(png.encode(pixels) == expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
+def test_a_forked_worker_encodes_with_its_own_threads(monkeypatch):
+    monkeypatch.setattr(png, "_workers", lambda: 3)
+    png._pool.cache_clear()  # a pool of exactly 3 threads, made in this process
+    pixels = _perturbed_photo(600, 500)
+    expected = png.encode(pixels)
+    barrier = threading.Barrier(3)
+    list(png._pool().map(lambda _: barrier.wait(timeout=10), range(3)))  # the parent's pool: 3 threads, all idle; a child has none
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_encode_in_child, args=(pixels, expected, results))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked child hung or failed encoding"
+    assert results.get(timeout=5) is True
