@@ -250,8 +250,9 @@ _FORMAT_MODES = {
 
 def encode(rgb: np.ndarray, like: Photo, fmt: str = "PNG") -> bytes:
     """Encode protected pixels uint8 [H, W, 3] in the mode of photo `like` (see `as_photo_mode`)
-    as PNG (`deepshield.png`, parallel), JPEG (quality 95, no chroma subsampling), WebP (lossless), TIFF or BMP. A mode the
-    format cannot store is lowered: 16-bit -> 8-bit, alpha dropped, grayscale -> RGB for WebP."""
+    as PNG (`deepshield.png`'s parallel encoder), JPEG (quality 95, no chroma subsampling), WebP
+    (lossless), TIFF or BMP. A mode the format cannot store is lowered: 16-bit -> 8-bit, alpha
+    dropped, grayscale -> RGB for WebP."""
     image = as_photo_mode(rgb, like)
     allowed = _FORMAT_MODES.get(fmt, ("RGB",))
     if image.mode not in allowed:

@@ -2,7 +2,7 @@
 
 Perturbation norms are on the [-1, 1] scale the attacks use (also given in /255 units);
 PSNR and SSIM compare the written 8-bit file with the input on [0, 1]. They run with torch on
-the device given (the engine's), so a GPU measures a 1024 px photo in about a millisecond.
+the device given (the engine's), so that a GPU machine computes them on the GPU.
 """
 
 from __future__ import annotations
