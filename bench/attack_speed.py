@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from photos import FACES_DEV, dev_photos
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -64,8 +65,6 @@ from deepshield.engine import PEAK_PER_KEPT, Engine, LoadedModel, pick_device
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.models import get_architecture
 
-REPO = Path(__file__).resolve().parent.parent
-FACES = REPO.parent / "shared" / "data" / "faces-dev"
 EPSILON, STEP = 0.05, 0.01
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # FLOP/s, dense
 
@@ -105,7 +104,7 @@ def _generator(case: Case) -> torch.nn.Module:
 
 def _photos(case: Case, count: int) -> list[np.ndarray]:
     """uint8 [s, s, 3] faces-dev centre crops resized to the model's size (cycled)."""
-    paths = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    paths = dev_photos(FACES_DEV)
     out = []
     for index in range(count):
         rgb = imaging.load_photo(paths[index % len(paths)]).rgb

@@ -1,10 +1,12 @@
-"""The development photos the benchmarks run on (../shared/data/faces-dev by default)."""
+"""The development photos the benchmarks run on: ../shared/data/faces-dev, or the folder named by
+DEEPSHIELD_BENCH_PHOTOS (e.g. a copy carried to a GPU machine, where ../shared is not)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-FACES_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev"
+FACES_DEV = Path(os.environ.get("DEEPSHIELD_BENCH_PHOTOS") or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev")
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
