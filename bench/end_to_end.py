@@ -108,7 +108,8 @@ def main() -> int:
         parser.error("--repeats must be at least 1 and --iterations at least 2 (the step time comes from two callbacks)")
 
     engine = Engine(device=args.device, precision=args.precision, compile_mode=args.compile_mode, coalesce=False)
-    data = upload(args.photo or max(dev_photos(FACES_DEV), key=_short_side), args.size)
+    source = args.photo or max(dev_photos(FACES_DEV), key=_short_side)
+    data = upload(source, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "protected.png"
         weights = random_weights(engine.spec(args.model), Path(tmp)) if args.random_weights else None
@@ -117,7 +118,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else f"{platform.machine()} CPU"
     precision = "bf16" if engine.autocast_dtype is torch.bfloat16 else "fp32"
     model = f"{args.model} (random weights)" if args.random_weights else args.model
-    print(f"{args.size} px JPEG -> protected PNG, {model}, PGD {args.iterations} iterations, {device}, torch {torch.__version__} "
+    print(f"{args.size} px JPEG (from {source.name}) -> protected PNG, {model}, PGD {args.iterations} iterations, {device}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), {precision}, compile {args.compile_mode}, median of {args.repeats} runs\n")
     print("| stage | ms | share |\n|---|---|---|")
     medians = {stage: statistics.median(run[stage] for run in runs) for stage in (*STAGES, "total")}
