@@ -40,9 +40,9 @@ def hold_ssim(
     original, protected: uint8 [H, W, 3]. Scaling never leaves the budget (|scale| <= 1). The
     bisection runs on `device`: the photos cross once each way.
     """
-    base = metrics.pixels_on(original, device)
-    delta = metrics.pixels_on(protected, device).float() - base.float()
-    ssim = metrics.ssim_of_pixels(base, _scaled(base, delta, 1.0))
+    base, full = metrics.pixels_on(original, device), metrics.pixels_on(protected, device)
+    delta = full.float() - base.float()
+    ssim = metrics.ssim_of_pixels(base, full)
     if ssim is None or ssim >= floor:
         return protected, 1.0
     low, high = 0.0, 1.0  # ssim(low) >= floor > ssim(high)
