@@ -6,13 +6,15 @@
 The photo (default: the largest faces-dev photo) is cut to its centred square, resized to
 `size` x `size` and stored as a JPEG (quality 95), as a user would upload it. --random-weights
 times the model's architecture with seeded random weights, for a machine without its weight
-files (a GPU machine off the network): the time does not depend on the weights. Each run times: `decode` (file -> pixels),
-`prepare` (crop, resize and the clean deepfake, up to the first attack step), `attack` (the PGD
-steps), `report` (pasting back, 8-bit rounding within the budget, both deepfakes and the metrics)
-and `write` (PNG encoding, the check that the file holds exactly those pixels, atomic write).
-The steps are timed from the engine's per-step callback (synchronised on a GPU). One untimed run
-first loads the model (and compiles, with --compile); the table gives the median of the others.
-The product's target is a 1024 px photo in under 0.2 s on one H100.
+files (a GPU machine off the network): the time does not depend on the weights.
+
+Each run times: `decode` (file -> pixels), `prepare` (crop, resize and the clean deepfake, up
+to the first attack step), `attack` (the PGD steps), `report` (pasting back, 8-bit rounding
+within the budget, both deepfakes and the metrics) and `write` (PNG encoding, the check that
+the file holds exactly those pixels, atomic write). The steps are timed from the engine's
+per-step callback (synchronised on a GPU). One untimed run first loads the model (and compiles,
+with --compile); the table gives the median of the others. The product's target is a 1024 px
+photo in under 0.2 s on one H100; DEEPSHIELD_BENCH_PHOTOS names another photo folder.
 """
 
 from __future__ import annotations
