@@ -25,7 +25,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from deepshield import imaging
+from deepshield import imaging, png
 from deepshield.attacks import STRENGTHS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError, WeightsError
@@ -474,7 +474,9 @@ class Handlers:
         with _user_errors():
             original_path, protected_path = uploads.received(original, _upload_root()), uploads.received(protected, _upload_root())
             view = perturbation_view(imaging.load_photo(original_path).rgb, imaging.load_photo(protected_path).rgb)
-            return (view, metrics_rows(metrics), str(protected_path), *updates)
+            # written here by the parallel encoder: Gradio's own PNG writer took 0.56 s for a 1024 px view of noise
+            view_path = imaging.write_atomic(self.store.new_dir() / "perturbation.png", png.encode(view))
+            return (str(view_path), metrics_rows(metrics), str(protected_path), *updates)
 
     def protect_batch(
         self,
@@ -732,7 +734,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                             fake_protected = gr.Image(type="pil", format="png", label="Deepfake of the protected photo",
                                                       interactive=False, elem_id="deepfake-protected")
                         with gr.Row():
-                            perturbation = gr.Image(type="numpy", format="png", label="Perturbation |protected - original|, amplified",
+                            perturbation = gr.Image(type="filepath", format="png", label="Perturbation |protected - original|, amplified",
                                                     interactive=False, elem_id="perturbation-image")
                             with gr.Column():
                                 metrics_table = gr.Dataframe(headers=["metric", "value"], label="Metrics", interactive=False, wrap=True,
