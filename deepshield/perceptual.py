@@ -26,12 +26,6 @@ def check_floor(floor: float | None) -> float | None:
     return float(floor)
 
 
-def scaled(original: np.ndarray, protected: np.ndarray, scale: float, device: torch.device | str = "cpu") -> np.ndarray:
-    """original + round(scale * (protected - original)); uint8 [H, W, C] in and out."""
-    base = metrics.pixels_on(original, device)
-    return _as_rgb(_scaled(base, metrics.pixels_on(protected, device).float() - base.float(), scale))
-
-
 def hold_ssim(
     original: np.ndarray, protected: np.ndarray, floor: float, steps: int = BISECTION_STEPS, device: torch.device | str = "cpu"
 ) -> tuple[np.ndarray, float]:
