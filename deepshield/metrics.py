@@ -29,11 +29,9 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: to
         raise ValueError(f"shapes differ: {original.shape} vs {protected.shape}")
     a, b = pixels_on(original, device), pixels_on(protected, device)
     diff = b.int() - a.int()  # in 0..255 units, exact
-    if diff.numel():
-        linf_255, squares = (float(v) for v in torch.stack([diff.abs().max().double(), diff.square().sum(dtype=torch.float64)]).tolist())
-    else:
-        linf_255, squares = 0.0, 0.0
-    mse01 = squares / 255.0**2 / diff.numel() if diff.numel() else 0.0
+    count = diff.numel()
+    linf_255, squares = torch.stack([diff.abs().max().double(), diff.square().sum(dtype=torch.float64)]).tolist() if count else (0.0, 0.0)
+    mse01 = squares / 255.0**2 / max(count, 1)
     return {
         "linf": linf_255 / 127.5,
         "l2": math.sqrt(squares) / 127.5,
