@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from deepshield import attacks
-from deepshield.engine import COMPILE_MODES, DEFAULT_MODEL, Engine
+from deepshield.engine import COMPILE_MODES, DEFAULT_MODEL, PRECISIONS, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
 from deepshield.weights import convert_checkpoint, resolve_weights
 
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--weights", help="use this checkpoint for the model (any supported layout)")
     protect.add_argument("--image-size", type=int, help="override the model resolution")
     protect.add_argument("--batch-size", type=int, help="images attacked together (default: what suits the device)")
-    protect.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    protect.add_argument("--precision", choices=list(PRECISIONS),
                          help="attack passes in bf16 (auto: where the device has bf16 in hardware; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
     protect.add_argument("--compile", dest="compile_mode", choices=list(COMPILE_MODES),
                          help="torch.compile the attack passes (default DEEPSHIELD_COMPILE or off); each new batch shape compiles anew")
