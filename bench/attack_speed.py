@@ -61,7 +61,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield import attacks, imaging, memory
-from deepshield.engine import PEAK_PER_KEPT, Engine, LoadedModel, pick_device
+from deepshield.devices import pick_device
+from deepshield.engine import PEAK_PER_KEPT, Engine, LoadedModel
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.models import get_architecture
 

@@ -34,7 +34,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield import imaging
-from deepshield.engine import COMPILE_MODES, PRECISIONS, Engine
+from deepshield.devices import COMPILE_MODES, PRECISIONS
+from deepshield.engine import Engine
 from deepshield.manifest import ModelSpec
 from deepshield.models import get_architecture
 

@@ -13,7 +13,8 @@ from typing import Any
 from tqdm import tqdm
 
 from deepshield import attacks
-from deepshield.engine import COMPILE_MODES, DEFAULT_MODEL, PRECISIONS, Engine
+from deepshield.devices import COMPILE_MODES, PRECISIONS
+from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
 from deepshield.weights import convert_checkpoint, resolve_weights
 

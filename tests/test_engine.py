@@ -236,7 +236,7 @@ def test_robustness_report_has_every_transformation(engine):
 
 
 def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, monkeypatch):
-    from deepshield.engine import pick_precision
+    from deepshield.devices import pick_precision
 
     cpu = torch.device("cpu")
     assert pick_precision(cpu, "fp32") is None and pick_precision(cpu, "bf16") is torch.bfloat16
@@ -262,7 +262,7 @@ def test_precision_choice_and_bf16_attacks_within_budget(engine, models_dir, mon
 
 
 def test_compile_mode_choice(monkeypatch):
-    from deepshield.engine import pick_compile_mode
+    from deepshield.devices import pick_compile_mode
 
     monkeypatch.delenv("DEEPSHIELD_COMPILE", raising=False)
     assert pick_compile_mode() is None  # eager unless asked
