@@ -62,8 +62,9 @@ from safetensors.torch import save_file
 
 from deepshield import attacks, imaging, memory
 from deepshield.devices import pick_device
-from deepshield.engine import PEAK_PER_KEPT, Engine, LoadedModel
+from deepshield.engine import PEAK_PER_KEPT, Engine
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
+from deepshield.model_cache import LoadedModel
 from deepshield.models import get_architecture
 
 EPSILON, STEP = 0.05, 0.01

@@ -6,12 +6,10 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,12 +34,10 @@ from deepshield.errors import (
     InvalidParameterError,
     OutOfMemoryError,
     ServerBusyError,
-    UnknownModelError,
 )
 from deepshield.faces import FaceBox
 from deepshield.manifest import ModelSpec, load_manifest
-from deepshield.models import Generator
-from deepshield.weights import find_local_weights, load_model, missing_weights_hint
+from deepshield.model_cache import LoadedModel, ModelCache
 
 log = logging.getLogger("deepshield.engine")
 READY_POLL_S = 0.02  # how often a pooled request checks whether another one attacked its photo
@@ -53,7 +49,6 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_MODEL = "cyclegan-vintage"
 ROBUST_MODES = (None, "eot", "spread-spectrum")
-MAX_IMAGE_SIZE = 2048
 GPU_PASS_PHOTOS = 8
 PASS_MEMORY_SHARE = 0.8
 """Share of the device's free memory a pass is planned to fill."""
@@ -65,45 +60,6 @@ CPU_PASS_PIXELS = 8 * 128 * 128
 """Generator inputs (samples x pixels) per forward/backward pass on a CPU: past about eight
 128 px samples, time per sample grows (measured on StarGAN: 0.12 s at <= 8, 0.15 s at 16, 0.23 s
 at 40 per 128 px sample on 2 cores), as activations stop fitting the caches."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A frozen generator on the engine's device with the conditions it is attacked under."""
-
-    spec: ModelSpec
-    generator: Generator
-    attack_forward: Callable[..., Tensor]
-    """The generator as the attack's gradient passes call it: compiled (`Engine(compile_mode=...)`)
-    or itself."""
-    weights_path: Path
-    weights_format: str
-    weights_sha256: str
-    num_parameters: int
-    _kept: dict[tuple[int, torch.dtype | None], int] = field(default_factory=dict, repr=False, compare=False)
-
-    def kept_bytes(self, size: int, dtype: torch.dtype | None) -> int:
-        """Bytes one sample at `size` keeps for the backward (`memory.activation_bytes`),
-        measured once per size and precision."""
-        if (size, dtype) not in self._kept:
-            self._kept[size, dtype] = memory.activation_bytes(self.generator, size, dtype)
-        return self._kept[size, dtype]
-
-    def conditions(self, labels: Sequence[str] | None) -> tuple[list[str], Tensor | None]:
-        """Chosen target labels and their condition vectors [T, c_dim] (None if unconditional)."""
-        if not self.spec.conditional:
-            if labels:
-                raise InvalidParameterError(f"model {self.spec.name!r} is unconditional: it takes no target")
-            return [], None
-        chosen = list(labels) if labels else self.spec.labels
-        unknown = [label for label in chosen if label not in self.spec.targets]
-        if unknown:
-            raise InvalidParameterError(f"model {self.spec.name!r} has no target {unknown[0]!r}; choose from {', '.join(self.spec.labels)}")
-        device = next(self.generator.parameters()).device
-        vectors = torch.tensor([self.spec.targets[label] for label in chosen], dtype=torch.float32, device=device)
-        if vectors.shape[1] != self.generator.condition_dim:
-            raise InvalidParameterError(f"model {self.spec.name!r}: target vectors have {vectors.shape[1]} values, the network expects {self.generator.condition_dim}")
-        return chosen, vectors
 
 
 @dataclass
@@ -306,13 +262,10 @@ class Engine:
         compile_mode: str | None = None,
         coalesce: bool | None = None,
     ) -> None:
-        self.specs: dict[str, ModelSpec] = dict(manifest if manifest is not None else load_manifest())
-        self.device = pick_device(device)
-        self.autocast_dtype = pick_precision(self.device, precision)
-        self.compile_mode = pick_compile_mode(compile_mode)
-        self.max_loaded = max_loaded
-        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
-        self._loading: dict[tuple[str, str], threading.Lock] = {}
+        specs = manifest if manifest is not None else load_manifest()
+        chosen = pick_device(device)
+        self.autocast_dtype = pick_precision(chosen, precision)
+        self._cache = ModelCache(specs, chosen, pick_compile_mode(compile_mode), max_loaded)
         self._lock = threading.RLock()
         self.max_concurrent = max(1, max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1")))
         self.max_queue = max(0, max_queue if max_queue is not None else int(os.environ.get("DEEPSHIELD_MAX_QUEUE", "16")))
@@ -326,96 +279,45 @@ class Engine:
 
     # ---------------------------------------------------------------- models
 
+    @property
+    def specs(self) -> dict[str, ModelSpec]:
+        return self._cache.specs
+
+    @property
+    def device(self) -> torch.device:
+        return self._cache.device
+
+    @property
+    def compile_mode(self) -> str | None:
+        return self._cache.compile_mode
+
+    @property
+    def max_loaded(self) -> int:
+        return self._cache.max_loaded
+
     def spec(self, name: str) -> ModelSpec:
-        try:
-            return self.specs[name]
-        except KeyError:
-            raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.specs))}") from None
+        return self._cache.spec(name)
 
     def load(self, name: str, *, weights: str | os.PathLike[str] | None = None, allow_download: bool = True) -> LoadedModel:
-        """Return the model, loading it (and downloading its weights if allowed) once.
-
-        A download or conversion holds only this model's loading lock, so status queries and
-        other models are never blocked behind it.
-        """
-        spec = self.spec(name)
-        key = (name, str(Path(weights).resolve()) if weights else "")
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:
-            with self._lock:
-                if key in self._models:  # another caller finished it while we waited
-                    return self._models[key]
-            loaded = load_model(spec, weights=Path(weights) if weights else None, allow_download=allow_download)
-            generator = loaded.model.to(self.device)
-            model = LoadedModel(
-                spec=spec,
-                generator=generator,
-                attack_forward=generator if self.compile_mode is None else torch.compile(generator, mode=self.compile_mode, dynamic=False),
-                weights_path=loaded.path,
-                weights_format=loaded.format,
-                weights_sha256=loaded.sha256,
-                num_parameters=sum(p.numel() for p in generator.parameters()),
-            )
-            with self._lock:
-                self._models[key] = model
-                while len(self._models) > self.max_loaded:
-                    self._models.popitem(last=False)
-            return model
+        """Return the model, loading it (and downloading its weights if allowed) once."""
+        return self._cache.load(name, weights=weights, allow_download=allow_download)
 
     def unload(self, name: str) -> bool:
-        with self._lock:
-            keys = [k for k in self._models if k[0] == name]
-            for k in keys:
-                del self._models[k]
-        if keys and self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return bool(keys)
+        return self._cache.unload(name)
 
     def is_loaded(self, name: str) -> bool:
-        with self._lock:
-            return any(k[0] == name for k in self._models)
+        return self._cache.is_loaded(name)
 
     def status(self, name: str) -> tuple[str, str]:
         """(`loaded` | `cached` | `downloadable` | `unavailable`, why)."""
-        spec = self.spec(name)
-        if self.is_loaded(name):
-            return "loaded", f"in memory on {self.device.type}"
-        if spec.preprocessing == "label_map":
-            reason = "takes a semantic label map, not a photo: it can be loaded but not used to protect photos"
-        else:
-            reason = ""
-        path = find_local_weights(spec)
-        if path is not None:
-            return "cached", f"weights at {path}" + (f"; {reason}" if reason else "")
-        if spec.weights.kind == "hub":
-            return "downloadable", f"from {spec.weights.describe()} on first use"
-        return "unavailable", missing_weights_hint(spec) + (f"; {reason}" if reason else "")
+        return self._cache.status(name)
 
     def list_models(self) -> list[dict[str, Any]]:
-        rows = []
-        for name, spec in self.specs.items():
-            status, reason = self.status(name)
-            source = {k: v for k, v in vars(spec.weights).items() if v is not None}
-            rows.append(
-                {
-                    "name": name,
-                    "architecture": spec.architecture,
-                    "params": dict(spec.params),
-                    "image_size": spec.image_size,
-                    "preprocessing": spec.preprocessing,
-                    "labels": spec.labels,
-                    "license": spec.license,
-                    "description": spec.description,
-                    "weights": source,
-                    "status": status,
-                    "reason": reason,
-                }
-            )
-        return rows
+        return self._cache.list_models()
+
+    def photo_models(self) -> list[str]:
+        """Models that protect photos (not label maps) and whose weights are here or loaded."""
+        return self._cache.photo_models()
 
     # ---------------------------------------------------------------- admission
 
@@ -594,7 +496,7 @@ class Engine:
         if targets and len(names) > 1:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
         loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
-        ensemble = _Ensemble(loaded, [self._model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
+        ensemble = _Ensemble(loaded, [self._cache.model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
         chunk_options = {"detect_faces": detect_faces, "robust": robust, "check_robustness": check_robustness, "ssim_floor": ssim_floor}
         key = repr((names, config, tuple(targets or ()), image_size, str(weights) if weights else None, sorted(chunk_options.items())))
         return _Plan(config, ensemble, chunk_options, key)
@@ -627,10 +529,6 @@ class Engine:
             ticket.finish(result)
 
     # ---------------------------------------------------------------- verification
-
-    def photo_models(self) -> list[str]:
-        """Models that protect photos (not label maps) and whose weights are here or loaded."""
-        return [n for n, s in self.specs.items() if s.preprocessing != "label_map" and self.status(n)[0] in ("loaded", "cached")]
 
     def verify(
         self,
@@ -665,7 +563,7 @@ class Engine:
         with self.admission(), torch.no_grad():
             for model in loaded:
                 _, conditions = model.conditions(targets)
-                size = self._model_size(model, None)
+                size = self._cache.model_size(model, None)
                 deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
                 (boxes,), found = _squares(baseline, [model], detect_faces)
                 outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
@@ -701,15 +599,6 @@ class Engine:
         if self.device.type != "cpu":
             return min(fitting, GPU_PASS_PHOTOS)
         return min(fitting, max(1, CPU_PASS_PIXELS // pixels))
-
-    def _model_size(self, model: LoadedModel, override: int | None) -> int:
-        size = int(override or model.spec.image_size)
-        multiple = model.generator.size_multiple
-        if not (multiple <= size <= MAX_IMAGE_SIZE) or size % multiple:
-            raise InvalidParameterError(
-                f"image_size {size} does not fit {model.spec.name!r}: use a multiple of {multiple} up to {MAX_IMAGE_SIZE}"
-            )
-        return size
 
     def _jobs(self, photos: list[imaging.Photo], ensemble: _Ensemble, use_faces: bool) -> list[_Job]:
         jobs = []
