@@ -6,9 +6,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from deepshield import (
     transforms,
 )
 from deepshield import verify as verification
+from deepshield.admission import Admission
 from deepshield.coalesce import RequestPool, Ticket
 from deepshield.devices import pick_compile_mode, pick_device, pick_precision
 from deepshield.errors import (
@@ -40,8 +40,6 @@ from deepshield.manifest import ModelSpec, load_manifest
 from deepshield.model_cache import LoadedModel, ModelCache
 
 log = logging.getLogger("deepshield.engine")
-READY_POLL_S = 0.02  # how often a pooled request checks whether another one attacked its photo
-_CALLER_QUEUES: ContextVar[bool] = ContextVar("deepshield_caller_queues", default=False)  # see Engine.caller_queue
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | imaging.Photo
 ProgressCallback = Callable[[int, int], None]
@@ -266,12 +264,7 @@ class Engine:
         chosen = pick_device(device)
         self.autocast_dtype = pick_precision(chosen, precision)
         self._cache = ModelCache(specs, chosen, pick_compile_mode(compile_mode), max_loaded)
-        self._lock = threading.RLock()
-        self.max_concurrent = max(1, max_concurrent or int(os.environ.get("DEEPSHIELD_MAX_CONCURRENT", "1")))
-        self.max_queue = max(0, max_queue if max_queue is not None else int(os.environ.get("DEEPSHIELD_MAX_QUEUE", "16")))
-        self._slots = threading.BoundedSemaphore(self.max_concurrent)
-        self._waiting = 0
-        self._running = 0
+        self._admission = Admission(max_concurrent, max_queue)
         # Pooling requests pays off where a batch is cheaper per photo than one at a time: on a GPU.
         # On the 2-core build CPU it measured 0.91x (bench/coalesce_speed.py), so it is off there.
         self.coalesce = self.device.type == "cuda" if coalesce is None else coalesce
@@ -321,60 +314,32 @@ class Engine:
 
     # ---------------------------------------------------------------- admission
 
-    @contextmanager
-    def admission(self, ready: threading.Event | None = None) -> Iterator[bool]:
-        """Run under the concurrency limit; refuse at once when `max_queue` callers already wait
-        (unless the caller bounds its own waiting line, see `caller_queue`). Yields True once a
-        slot is held; with `ready`, stops waiting and yields False (no slot) when it is set.
+    @property
+    def max_concurrent(self) -> int:
+        return self._admission.max_concurrent
 
-        Every entry point (UI, REST, CLI, Python) goes through here, so nothing bypasses the limit.
-        """
-        with self._lock:
-            if not _CALLER_QUEUES.get() and self._waiting >= self.max_queue and self._running >= self.max_concurrent:
-                raise ServerBusyError(
-                    f"the server is busy: {self._running} protection(s) running and {self._waiting} waiting "
-                    f"(limit {self.max_queue}); retry in a few seconds"
-                )
-            self._waiting += 1
-        acquired = False
-        try:
-            while not acquired and not (ready is not None and ready.is_set()):
-                acquired = self._slots.acquire(timeout=None if ready is None else READY_POLL_S)
-        finally:
-            with self._lock:
-                self._waiting -= 1
-        if not acquired:
-            yield False
-            return
-        with self._lock:
-            self._running += 1
-        try:
-            yield True
-        finally:
-            with self._lock:
-                self._running -= 1
-            self._slots.release()
+    @property
+    def max_queue(self) -> int:
+        return self._admission.max_queue
+
+    def admission(self, ready: threading.Event | None = None) -> AbstractContextManager[bool]:
+        """Run under the concurrency limit (see `Admission.admission`): yields True once a slot is
+        held, False when `ready` is set first. Every entry point goes through here."""
+        return self._admission.admission(ready)
 
     @staticmethod
-    @contextmanager
-    def caller_queue() -> Iterator[None]:
-        """Calls made inside wait for a slot however many others wait: for callers that already
-        hold a place in a bounded queue of their own (the UI's Gradio queue), so a request it
-        admitted is never turned away as busy afterwards."""
-        token = _CALLER_QUEUES.set(True)
-        try:
-            yield
-        finally:
-            _CALLER_QUEUES.reset(token)
+    def caller_queue() -> AbstractContextManager[None]:
+        """Calls made inside wait for a slot however many others wait (see `Admission.caller_queue`)."""
+        return Admission.caller_queue()
 
     @property
     def queue_depth(self) -> int:
         """Callers waiting for a slot."""
-        return self._waiting
+        return self._admission.queue_depth
 
     @property
     def running(self) -> int:
-        return self._running
+        return self._admission.running
 
     # ---------------------------------------------------------------- protection
 
