@@ -62,10 +62,11 @@ from safetensors.torch import save_file
 
 from deepshield import attacks, imaging, memory
 from deepshield.devices import pick_device
-from deepshield.engine import PEAK_PER_KEPT, Engine
+from deepshield.engine import Engine
 from deepshield.manifest import ModelSpec, WeightsSource, load_manifest
 from deepshield.model_cache import LoadedModel
 from deepshield.models import get_architecture
+from deepshield.pipeline import PEAK_PER_KEPT
 
 EPSILON, STEP = 0.05, 0.01
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # FLOP/s, dense

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from deepshield import memory
-from deepshield.engine import CPU_PASS_PIXELS, PASS_MEMORY_SHARE, PEAK_PER_KEPT, Engine
+from deepshield.engine import Engine
 from deepshield.errors import OutOfMemoryError
+from deepshield.pipeline import CPU_PASS_PIXELS, PASS_MEMORY_SHARE, PEAK_PER_KEPT
 from tests.conftest import tiny_models
 
 
