@@ -57,6 +57,9 @@ class AttackConfig:
     iterations: int = 10
     random_start: bool = True
     name: str = "pgd"
+    momentum: float = 0.0
+    """0 for the paper's attacks; above, each step follows the sign of a running sum of the
+    gradients, each scaled to unit mean magnitude (MI-FGSM): steady under random views."""
 
     def validate(self) -> AttackConfig:
         low, high = EPSILON_RANGE
@@ -66,6 +69,8 @@ class AttackConfig:
             raise InvalidParameterError(f"step_size must be in (0, {2 * high}], got {self.step_size}")
         if not (1 <= self.iterations <= MAX_ITERATIONS) or int(self.iterations) != self.iterations:
             raise InvalidParameterError(f"iterations must be an integer in [1, {MAX_ITERATIONS}], got {self.iterations}")
+        if not (0 <= self.momentum < 1):
+            raise InvalidParameterError(f"momentum must be in [0, 1), got {self.momentum}")
         return self
 
 
@@ -122,11 +127,15 @@ def linf_attack(
     else:
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
         adversarial = [_start(x, config, generator) for x in originals]
+    velocity = [torch.zeros_like(x) for x in originals] if config.momentum else []
     for step in range(config.iterations):
         current = [x.requires_grad_(True) for x in adversarial]
         loss = objective(current)
         gradients = torch.autograd.grad(loss.sum(), current)
         with torch.no_grad():
+            if config.momentum:
+                velocity = [config.momentum * v + g / g.abs().mean().clamp_min(1e-12) for v, g in zip(velocity, gradients)]
+                gradients = velocity
             adversarial = [
                 project(x + config.step_size * g.sign(), x0, config.epsilon)
                 for x, g, x0 in zip(current, gradients, originals)
