@@ -28,7 +28,7 @@ ProgressCallback = Callable[[int, int], None]
 """(images done, images total)"""
 
 DEFAULT_MODEL = "cyclegan-vintage"
-ROBUST_MODES = (None, "eot", "spread-spectrum")
+ROBUST_MODES = (None, "eot", "spread-spectrum", "framing")
 
 
 def _seed(seed: int | None) -> int:
@@ -163,7 +163,7 @@ class Engine:
         self._pool.add(plan.key, ticket)
         try:
             with self.admission(ready=ticket.done) as admitted:
-                limit = batch_size or self.images_per_pass(plan.ensemble)
+                limit = batch_size or self.images_per_pass(plan.ensemble, plan.chunk_options["robust"])
                 if admitted and (batch := self._pool.claim(plan.key, ticket, limit)):
                     self._run_tickets(batch, plan)
         except ServerBusyError:
@@ -202,8 +202,11 @@ class Engine:
         is False; other models, and photos without a face, use the largest centred square.
         `robust`: "eot" optimises the loss through differentiable sharing transformations, one
         per iteration in a cycle (`transforms.sharing_transforms`); "spread-spectrum" cycles
-        blurs (the paper's variant against blur); `check_robustness` adds `robustness` to the report: the disruption after real
-        JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop. `ssim_floor`
+        blurs (the paper's variant against blur); "framing" perturbs the whole photo and
+        optimises over views of the deepfake maker (`deepshield.views`, `deepshield.framing`).
+        `check_robustness` adds `robustness` to the report: the disruption after real
+        JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop, and `framings`
+        (unseen framings, plainly and after JPEG 75; the result's `framing_examples`). `ssim_floor`
         (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
         """
         plan = self._plan(**options)
@@ -215,16 +218,16 @@ class Engine:
         while len(results) < len(photos):
             with self.admission():  # the pass size is planned on the memory free once a slot is held
                 start = len(results)
-                chunk = photos[start : start + (batch_size or self.images_per_pass(plan.ensemble))]
+                chunk = photos[start : start + (batch_size or self.images_per_pass(plan.ensemble, plan.chunk_options["robust"]))]
                 seeds = [first_seed + start + k for k in range(len(chunk))]
                 results += self._pipeline.protect_fitting(chunk, plan.ensemble, plan.config, seeds, on_step, **plan.chunk_options)
             if progress is not None:
                 progress(len(results), len(photos))
         return results
 
-    def images_per_pass(self, ensemble: Ensemble) -> int:
+    def images_per_pass(self, ensemble: Ensemble, robust: str | None = None) -> int:
         """How many photos of a request to attack together (see `Pipeline.images_per_pass`)."""
-        return self._pipeline.images_per_pass(ensemble)
+        return self._pipeline.images_per_pass(ensemble, robust)
 
     def photos_per_pass(self, pixels: int, kept: int) -> int:
         """How many photos to attack together when one photo's pass has `pixels` generator input

@@ -23,7 +23,8 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: to
     """original, protected: uint8 [H, W, C] arrays of the same shape.
 
     Returns linf and l2 of the perturbation on [-1, 1], linf in /255 units, psnr (dB, None when
-    the images are identical) and ssim on [0, 1].
+    the images are identical), ssim on [0, 1], and `area`: the share of the pixels changed in
+    any channel (0..1).
     """
     if original.shape != protected.shape:
         raise ValueError(f"shapes differ: {original.shape} vs {protected.shape}")
@@ -32,12 +33,14 @@ def perturbation_metrics(original: np.ndarray, protected: np.ndarray, device: to
     count = diff.numel()
     linf_255, squares = torch.stack([diff.abs().max().double(), diff.square().sum(dtype=torch.float64)]).tolist() if count else (0.0, 0.0)
     mse01 = squares / 255.0**2 / max(count, 1)
+    area = float((diff != 0).any(dim=0).float().mean()) if count else 0.0
     return {
         "linf": linf_255 / 127.5,
         "l2": math.sqrt(squares) / 127.5,
         "linf_255": linf_255,
         "psnr": None if mse01 == 0 else 10 * math.log10(1.0 / mse01),
         "ssim": ssim_of_pixels(a, b),
+        "area": area,
     }
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from deepshield import attacks, faces, imaging, memory, metrics, perceptual, robustness, transforms
+from deepshield import attacks, faces, framing, imaging, memory, metrics, perceptual, robustness, transforms, views
 from deepshield.errors import OutOfMemoryError
 from deepshield.faces import FaceBox
 from deepshield.model_cache import LoadedModel
@@ -51,6 +51,9 @@ class ProtectionResult:
     original: imaging.Photo = field(repr=False)
     protected_rgb: np.ndarray = field(repr=False)
     _remeasure: Callable[[np.ndarray], dict[str, Any]] = field(repr=False)
+    framing_examples: list[tuple[Image.Image, Image.Image, str]] = field(default_factory=list, repr=False)
+    """With `check_robustness`: unseen framings of the shared photo as (deepfake of the original's
+    view, deepfake of the protected view, what the view is)."""
 
     def encode(self, fmt: str = "PNG") -> tuple[bytes, dict[str, Any]]:
         """The protected photo as a file in `fmt` (PNG, JPEG, WEBP, TIFF, BMP) and the metrics
@@ -135,11 +138,12 @@ class Ensemble:
         vectors = self.conditions[index][1]
         return 1 if vectors is None else vectors.shape[0]
 
-    def kept_bytes(self, squares: Sequence[Sequence[int]], dtype: torch.dtype | None) -> int:
+    def kept_bytes(self, squares: Sequence[Sequence[int]], dtype: torch.dtype | None, *, each_target: bool = True) -> int:
         """Bytes a pass keeps for its backward: `squares[j][i]` squares (faces) of photo j go
-        through model i, each once per target."""
+        through model i, each once per target (`each_target`) or under one target (a view of
+        the framing mode)."""
         return sum(
-            count * self.targets(i) * self.models[i].kept_bytes(self.sizes[i], dtype)
+            count * (self.targets(i) if each_target else 1) * self.models[i].kept_bytes(self.sizes[i], dtype)
             for photo in squares
             for i, count in enumerate(photo)
         )
@@ -148,6 +152,12 @@ class Ensemble:
         """Outputs of model `index` for every (image, face, target): [sum(F_i) * T, 3, s, s]."""
         crops = [c for job, region in zip(jobs, regions) for c in job.crops(index, region)]
         batch = torch.cat([imaging.center_crop_resize(c, self.sizes[index]) for c in crops])
+        count = self.targets(index)
+        return self.generate(index, batch.repeat_interleave(count, dim=0), torch.arange(count).repeat(len(crops)))
+
+    def generate(self, index: int, batch: Tensor, picks: Tensor) -> Tensor:
+        """Model `index` on inputs [N, 3, s, s] in [-1, 1], sample n under target `picks[n]`
+        (ignored by an unconditional model): [N, 3, s, s]."""
         _, vectors = self.conditions[index]
         model = self.models[index]
         # Compiled passes serve the attack's gradient steps only: references and reports stay
@@ -155,8 +165,12 @@ class Ensemble:
         generator = model.attack_forward if torch.is_grad_enabled() else model.generator
         if vectors is None:
             return generator(batch)
-        count = vectors.shape[0]
-        return generator(batch.repeat_interleave(count, dim=0), vectors.repeat(len(crops), 1))
+        return generator(batch, vectors[picks.to(vectors.device)])
+
+    def framed_faces(self, job: Job) -> list[list[Box]]:
+        """Per model, the squares its views are jittered around: each face's model crop for a
+        face model when faces were found, else none (framings of the whole photo)."""
+        return [job.boxes[i] if model.spec.face_crop and job.faces else [] for i, model in enumerate(self.models)]
 
     def all_deepfakes(self, jobs: list[Job], regions: list[Tensor]) -> list[Tensor]:
         return [self.deepfakes(i, jobs, regions) for i in range(len(self.models))]
@@ -224,9 +238,12 @@ class Pipeline:
         self.device = device
         self.autocast_dtype = autocast_dtype
 
-    def images_per_pass(self, ensemble: Ensemble) -> int:
+    def images_per_pass(self, ensemble: Ensemble, robust: str | None = None) -> int:
         """How many photos of a request to attack together (`photos_per_pass`; one face per
-        photo assumed; every target is a sample)."""
+        photo assumed; every target is a sample, or with `robust="framing"` every view)."""
+        if robust == "framing":
+            pixels = max(framing.VIEWS_PER_STEP * size * size for size in ensemble.sizes)
+            return self.photos_per_pass(pixels, ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)], self.autocast_dtype, each_target=False))
         pixels = max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
         return self.photos_per_pass(pixels, ensemble.kept_bytes([[1] * len(ensemble.models)], self.autocast_dtype))
 
@@ -282,20 +299,33 @@ class Pipeline:
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
         jobs = self._jobs(photos, ensemble, detect_faces)
-        kept = ensemble.kept_bytes([[len(boxes) for boxes in job.boxes] for job in jobs], self.autocast_dtype)
+        if robust == "framing":
+            kept = ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)] * len(jobs), self.autocast_dtype, each_target=False)
+        else:
+            kept = ensemble.kept_bytes([[len(boxes) for boxes in job.boxes] for job in jobs], self.autocast_dtype)
         if kept > memory.free_bytes(self.device):  # would fail mid-pass, or wake the kernel's OOM killer on a CPU
             raise torch.OutOfMemoryError(f"a pass over {len(jobs)} photo(s) keeps about {kept / 2**30:.1f} GiB")
         regions = [job.region() for job in jobs]
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
-        objective = ensemble.objective(jobs, references)
+        if robust == "framing":
+            whole = [framing.WholePhoto.of(job.original, job.photo.grayscale, ensemble.sizes, ensemble.framed_faces(job), views.DEFAULT_THREAT_MODEL) for job in jobs]
+            targets = [ensemble.targets(i) for i in range(len(ensemble.models))]
+            objective = framing.objective(whole, ensemble.sizes, ensemble.generate, seeds, views.DEFAULT_THREAT_MODEL, targets)
+            config = replace(config, momentum=framing.MOMENTUM)
+        else:
+            objective = ensemble.objective(jobs, references)
         if self.autocast_dtype is not None:  # the generators' passes; sharing transforms stay fp32
             objective = _autocast(objective, self.device.type, self.autocast_dtype)
         if robust == "eot":
             objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seeds)
         elif robust == "spread-spectrum":
             objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seeds)
-        adversarial = attacks.linf_attack(objective, regions, config, seed=seeds, on_step=on_step)
+        if robust == "framing":
+            deltas = attacks.linf_attack(objective, [w.start() for w in whole], config, seed=seeds, on_step=on_step)
+            adversarial = [w.full_resolution(job.original, d) for w, job, d in zip(whole, jobs, deltas)]
+        else:
+            adversarial = [job.paste(region) for job, region in zip(jobs, attacks.linf_attack(objective, regions, config, seed=seeds, on_step=on_step))]
         seconds = (time.perf_counter() - started) / len(jobs)
         header = {
             **ensemble.describe(),
@@ -306,6 +336,7 @@ class Pipeline:
             "iterations": config.iterations,
             "step_size": config.step_size,
             "random_start": config.random_start,
+            "momentum": config.momentum,
             "robust": robust or False,
             "device": self.device.type,
             "precision": "fp32" if self.autocast_dtype is None else "bf16",
@@ -313,8 +344,8 @@ class Pipeline:
         }
         per_job = list(zip(*[ensemble.split(i, jobs, ref) for i, ref in enumerate(references)]))
         results = []
-        for job, region, own, photo_seed in zip(jobs, adversarial, per_job, seeds):
-            protected = imaging.quantize_within_budget(job.photo.rgb, job.paste(region), config.epsilon)
+        for job, perturbed, own, photo_seed in zip(jobs, adversarial, per_job, seeds):
+            protected = imaging.quantize_within_budget(job.photo.rgb, perturbed, config.epsilon)
             scale = 1.0
             if ssim_floor is not None:
                 protected, scale = perceptual.hold_ssim(job.photo.rgb, protected, ssim_floor, device=self.device)
@@ -322,17 +353,20 @@ class Pipeline:
             if ssim_floor is not None:
                 result.metrics["perceptual"] = {"ssim_floor": ssim_floor, "scale": scale}
             if check_robustness:
-                result.metrics["robustness"] = self._robustness(job, protected, ensemble)
+                result.metrics["robustness"], result.framing_examples = self._robustness(job, protected, ensemble, photo_seed)
             results.append(result)
         return results
 
-    def _robustness(self, job: Job, protected: np.ndarray, ensemble: Ensemble) -> dict[str, dict[str, Any]]:
+    def _robustness(self, job: Job, protected: np.ndarray, ensemble: Ensemble, seed: int) -> tuple[dict[str, Any], list[tuple[Image.Image, Image.Image, str]]]:
         """The first model's disruption after each real transformation, averaged over its
-        squares (faces); see `deepshield.robustness`."""
+        squares (faces), and in `robustness.FRAMING_VIEWS` unseen framings of the maker (drawn
+        from `views.EVALUATION_SEED` + `seed`); see `deepshield.robustness`. Returns the
+        report and the framings' deepfake pairs (first target) with a caption each."""
         model = ensemble.models[0]
-        deepfake = robustness.generator_deepfake(model.generator, ensemble.sizes[0], ensemble.conditions[0][1])
+        size, (_, conditions) = ensemble.sizes[0], ensemble.conditions[0]
+        deepfake = robustness.generator_deepfake(model.generator, size, conditions)
         reports = [robustness.robustness_report(job.photo.rgb, protected, box, deepfake) for box in job.boxes[0]]
-        merged = {}
+        merged: dict[str, Any] = {}
         for key in robustness.ROBUSTNESS_KEYS:
             mse = float(np.mean([r[key]["mse"] for r in reports]))
             merged[key] = {
@@ -341,7 +375,18 @@ class Pipeline:
                 "disrupted": mse > metrics.DISRUPTION_THRESHOLD,
                 "mse_vs_clean": float(np.mean([r[key]["mse_vs_clean"] for r in reports])),
             }
-        return merged
+        height, width = job.photo.rgb.shape[:2]
+        generator = torch.Generator().manual_seed(views.EVALUATION_SEED + seed)
+        drawn = views.DEFAULT_THREAT_MODEL.framing_only().sample(height, width, robustness.FRAMING_VIEWS, generator, ensemble.framed_faces(job)[0])
+        count = ensemble.targets(0)
+
+        def per_target(frames: Tensor) -> Tensor:
+            picks = torch.arange(count).repeat(frames.shape[0])
+            return ensemble.generate(0, frames.repeat_interleave(count, dim=0), picks).view(frames.shape[0], count, *frames.shape[1:])
+
+        merged["framings"], examples = robustness.framings_report(job.photo.rgb, protected, drawn, size, per_target, self.device)
+        shown = [(Image.fromarray(clean), Image.fromarray(fake), _caption(view)) for clean, fake, view in examples]
+        return merged, shown
 
     def _result(self, job: Job, protected: np.ndarray, ensemble: Ensemble, references: list[Tensor], header: dict[str, Any]) -> ProtectionResult:
         """Measure an 8-bit protected image against the original and its clean deepfakes."""
@@ -402,3 +447,10 @@ def model_squares(rgb: np.ndarray, models: Sequence[LoadedModel], use_faces: boo
         else:
             boxes.append([imaging.center_square(height, width)])
     return boxes, found
+
+
+def _caption(view: views.View) -> str:
+    """A short description of a maker's view for the UI: crop box, turn and filter."""
+    top, left, side = view.box()
+    turn = f", turned {view.angle:+.0f} deg" if view.angle else ""
+    return f"{side} px square at ({left}, {top}){turn}, {view.filter}"

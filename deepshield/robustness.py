@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
 
-from deepshield import imaging, metrics
+from deepshield import imaging, metrics, views
 
 Box = tuple[int, int, int]
 """(top, left, side) of the square region the model sees, in the photo's pixels."""
@@ -164,3 +165,42 @@ def generator_deepfake(
         return generator(batch.expand(vectors.shape[0], -1, -1, -1), vectors)
 
     return deepfake
+
+
+FRAMING_VIEWS = 8
+"""Unseen views the report's `framings` measures (drawn from the evaluation seed)."""
+FramesDeepfakeFn = Callable[[Tensor], Tensor]
+"""Model inputs [N, 3, s, s] on [-1, 1] -> outputs [N, T, 3, s, s] (T targets; 1 if unconditional)."""
+
+
+def framings_report(
+    original_rgb: np.ndarray,
+    protected_rgb: np.ndarray,
+    drawn: Sequence[views.View],
+    size: int,
+    deepfake: FramesDeepfakeFn,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, views.View]]]:
+    """The disruption in the deepfake maker's framings: each view in `drawn` rendered with the
+    maker's tools (`views.render`) from the original and from the protected photo (uint8
+    [H, W, 3]), plainly and after a JPEG 75 of the whole photo first; a view is disrupted when
+    the mean over targets of mse(deepfake(protected view), deepfake(original view)) >
+    `metrics.DISRUPTION_THRESHOLD`. Returns ({"views", "disrupted" (share), "mse" (mean),
+    "jpeg75": {"disrupted", "mse"}}, [(deepfake of the original's view, of the protected
+    view, the view)] uint8 [s, s, 3] of the first target, for the plain views)."""
+    report: dict[str, Any] = {"views": len(drawn)}
+    examples = []
+    with torch.no_grad():
+        for label, quality in ((None, None), ("jpeg75", 75)):
+            shared = list(drawn) if quality is None else [replace(v, jpeg=quality) for v in drawn]
+            frames = [(views.render(original_rgb, v, size), views.render(protected_rgb, v, size)) for v in shared]
+            clean = deepfake(torch.cat([imaging.to_tensor(a, device) for a, _ in frames]))
+            fakes = deepfake(torch.cat([imaging.to_tensor(b, device) for _, b in frames]))
+            mse = ((fakes.float() - clean.float()) ** 2).flatten(2).mean(dim=2).mean(dim=1)
+            entry = {"disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
+            if label is None:
+                report.update(entry)
+                examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]
+            else:
+                report[label] = entry
+    return report, examples
