@@ -53,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="attack passes in bf16 (auto: where the device has bf16 in hardware; default DEEPSHIELD_PRECISION or auto); reports stay fp32")
     protect.add_argument("--compile", dest="compile_mode", choices=list(COMPILE_MODES),
                          help="torch.compile the attack passes (default DEEPSHIELD_COMPILE or off); each new batch shape compiles anew")
-    protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum"],
-                         help="optimise over random JPEG/resize/blur/shift (eot, the default) or cycled blurs (spread-spectrum)")
+    protect.add_argument("--robust", nargs="?", const="eot", choices=["eot", "spread-spectrum", "framing"],
+                         help="optimise over random JPEG/resize/blur/shift (eot, the default), cycled blurs (spread-spectrum), "
+                              "or the deepfake maker's framings after sharing, over the whole photo (framing)")
     protect.add_argument("--check-robustness", action="store_true",
-                         help="report the disruption after real JPEG 90/75/50, resize, blur and a shifted crop")
+                         help="report the disruption after real JPEG 90/75/50, resize, blur, a shifted crop, and in unseen framings")
     protect.add_argument("--no-faces", dest="detect_faces", action="store_false",
                          help="face models: protect the centred square instead of every detected face")
     protect.add_argument("--report", help="write a JSON list with one report per image")

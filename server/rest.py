@@ -517,6 +517,8 @@ def attack_methods() -> dict[str, Any]:
             "off": "the plain attack (default)",
             "eot": "optimises through differentiable JPEG (75, and random qualities), down/up-scaling, blur and crop shifts, one per iteration, so the protection survives sharing",
             "spread-spectrum": "cycles Gaussian and box blurs of several sizes (the paper's defence against blurring)",
+            "framing": "perturbs the whole photo and optimises over the deepfake maker's framings (any crop, scale, resize filter; "
+            "jittered, turned face crops) after sharing (JPEG, downscaling, blur)",
         },
         "methods": [
             {

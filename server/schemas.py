@@ -14,7 +14,7 @@ SEED_MAX = 2**31 - 1
 
 AttackMethod = Literal["fgsm", "ifgsm", "pgd"]
 Strength = Literal["low", "medium", "high"]
-RobustMode = Literal["off", "eot", "spread-spectrum"]
+RobustMode = Literal["off", "eot", "spread-spectrum", "framing"]
 PRESETS_TEXT = ", ".join(f"{n} = {e:g} ({e * 127.5:.2f}/255)" for n, e in STRENGTHS.items())
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -59,10 +59,13 @@ class AttackParams(BaseModel):
     robust: RobustMode = Field(
         "off",
         description="`eot` optimises through differentiable JPEG, resizing, blur and crop shifts so the protection survives sharing; "
-        "`spread-spectrum` cycles blurs (the paper's defence against blurring). Same budget; slower.",
+        "`spread-spectrum` cycles blurs (the paper's defence against blurring); `framing` perturbs the whole photo and optimises over the "
+        "deepfake maker's framings (crops anywhere at 0.5-1x the short side, any resize filter; jittered, turned face crops) after sharing "
+        "(JPEG, downscaling, blur), so it holds however the photo is cropped. Same budget; slower.",
     )
     check_robustness: bool = Field(
-        False, description="Add `robustness` to the report: the disruption after real JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop."
+        False, description="Add `robustness` to the report: the disruption after real JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop, "
+        "and `framings`: the share of 8 unseen framings of the deepfake maker still disrupted, plainly and after JPEG 75."
     )
     ssim_floor: float | None = Field(
         None, gt=0, lt=1, description="Perceptual mode: scale the perturbation down until the photo's SSIM is at least this (e.g. 0.95)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import json
 import logging
 import shutil
 import tempfile
@@ -42,7 +43,10 @@ EXAMPLE_PHOTO = REPO / "examples" / "synthetic-portrait.png"
 EXAMPLE_MODEL = "cyclegan-vintage"
 
 ATTACK_CHOICES = [("FGSM", "fgsm"), ("I-FGSM", "ifgsm"), ("PGD", "pgd")]
-ROBUST_CHOICES = [("off", "off"), ("EOT: JPEG, resize, blur, shift", "eot"), ("spread-spectrum: blurs", "spread-spectrum")]
+ROBUST_CHOICES = [("any framing, after sharing (whole photo)", "framing"), ("off", "off"), ("EOT: JPEG, resize, blur, shift", "eot"),
+                  ("spread-spectrum: blurs", "spread-spectrum")]
+DEFAULT_ROBUST = "framing"
+FRAMINGS_SHOWN = 4  # framings in the Protect tab's grid
 DEFAULT_STRENGTH = "medium"
 DEFAULT_ITERATIONS = 10
 DEFAULT_STEP_SIZE = 0.01
@@ -149,6 +153,28 @@ def _attack_options(
     }
 
 
+FRAMINGS_CAPTIONS = "framings.json"
+
+
+def save_framings(directory: Path, examples: Sequence[tuple[Image.Image, Image.Image, str]]) -> None:
+    """Write each framing's deepfake pair side by side (4 px white gap) as framing-<k>.png, and
+    the captions, beside the protected photo: the grid the UI shows after /protect."""
+    for index, (clean, fake, _) in enumerate(examples):
+        left, right = np.asarray(clean.convert("RGB")), np.asarray(fake.convert("RGB"))
+        gap = np.full((left.shape[0], 4, 3), 255, dtype=np.uint8)
+        imaging.write_atomic(directory / f"framing-{index}.png", png.encode(np.hstack([left, gap, right])))
+    if examples:
+        imaging.write_atomic(directory / FRAMINGS_CAPTIONS, json.dumps([caption for _, _, caption in examples]).encode())
+
+
+def load_framings(directory: Path) -> list[tuple[str, str]]:
+    """(image path, caption) of the framings `save_framings` wrote in `directory`; [] if none."""
+    captions = directory / FRAMINGS_CAPTIONS
+    if not captions.is_file():
+        return []
+    return [(str(directory / f"framing-{k}.png"), caption) for k, caption in enumerate(json.loads(captions.read_text()))]
+
+
 def perturbation_view(original: np.ndarray, protected: np.ndarray, max_side: int = PREVIEW_SIDE) -> np.ndarray:
     """|protected - original| per channel, scaled so the largest change is full white."""
     diff = np.abs(protected.astype(np.int16) - original.astype(np.int16))
@@ -180,6 +206,7 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
         ["perturbation L-inf (/255)", _fmt(p.get("linf_255"), 0)],
         ["PSNR (dB)", _fmt(p.get("psnr"), 2)],
         ["SSIM", _fmt(p.get("ssim"))],
+        ["share of the photo perturbed", _fmt(p.get("area"), 3)],
         ["disruption mse", _fmt(d.get("mse"))],
         ["disruption l1", _fmt(d.get("l1"))],
         ["disrupted (mse > 0.05)", _fmt(d.get("disrupted"))],
@@ -194,9 +221,14 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
     if "perceptual" in metrics:
         q = metrics["perceptual"]
         rows.append([f"perceptual: scale for SSIM >= {q['ssim_floor']:g}", _fmt(q["scale"], 3)])
-    for key, value in (metrics.get("robustness") or {}).items():
+    robustness = dict(metrics.get("robustness") or {})
+    framings = robustness.pop("framings", None)
+    for key, value in robustness.items():
         verdict = "disrupted" if value["disrupted"] else "NOT disrupted"
         rows.append([f"after {ROBUSTNESS_LABELS.get(key, key)}: mse", f"{value['mse']:.4f} ({verdict})"])
+    if framings:
+        rows.append([f"{framings['views']} unseen framings: share disrupted", f"{framings['disrupted']:.0%} (mean mse {framings['mse']:.4f})"])
+        rows.append(["... after JPEG 75 first", f"{framings['jpeg75']['disrupted']:.0%} (mean mse {framings['jpeg75']['mse']:.4f})"])
     return rows
 
 
@@ -462,6 +494,7 @@ class Handlers:
             observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
             output = self.store.new_dir() / f"{Path(upload.name).stem or 'photo'}.protected.png"
             measured = result.save(output)
+            save_framings(output.parent, result.framing_examples[:FRAMINGS_SHOWN])
             metrics = {**measured, "input": upload.name, "output": output.name}
             return str(output), result.deepfake_original, result.deepfake_protected, metrics
 
@@ -470,13 +503,13 @@ class Handlers:
         choices = self.model_choices()
         updates = (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices))
         if not (original and protected and metrics):
-            return (None, [], None, *updates)
+            return (None, [], None, [], *updates)
         with _user_errors():
             original_path, protected_path = uploads.received(original, _upload_root()), uploads.received(protected, _upload_root())
             view = perturbation_view(imaging.load_photo(original_path).rgb, imaging.load_photo(protected_path).rgb)
             # written here by the parallel encoder: Gradio's own PNG writer took 0.56 s for a 1024 px view of noise
             view_path = imaging.write_atomic(self.store.new_dir() / "perturbation.png", png.encode(view))
-            return (str(view_path), metrics_rows(metrics), str(protected_path), *updates)
+            return (str(view_path), metrics_rows(metrics), str(protected_path), load_framings(protected_path.parent), *updates)
 
     def protect_batch(
         self,
@@ -591,10 +624,12 @@ def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
         [(_strength_label(name), name) for name in STRENGTHS], value=DEFAULT_STRENGTH, label="Strength",
         info="L-inf budget per pixel; higher is more robust and more visible", elem_id=f"{prefix}-strength",
     )
-    robust = gr.Radio(ROBUST_CHOICES, value="off", label="Survive sharing (robust attack)",
-                      info="optimise through JPEG / resizing / blur so the protection survives recompression; slower",
+    robust = gr.Radio(ROBUST_CHOICES, value=DEFAULT_ROBUST, label="Survive sharing and cropping (robust attack)",
+                      info="framing: the whole photo, protected wherever a deepfake maker crops it, after recompression; "
+                           "off: the paper's plain attack on the centred square or the faces (fastest)",
                       elem_id=f"{prefix}-robust")
-    check_robustness = gr.Checkbox(False, label="Check robustness: re-measure after JPEG 90/75/50, resize, blur, shifted crop",
+    check_robustness = gr.Checkbox(True, label="Check robustness: re-measure after JPEG 90/75/50, resize, blur, shifted crop, "
+                                   "and in unseen framings",
                                    elem_id=f"{prefix}-check-robustness")
     with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
         detect_faces = gr.Checkbox(True, label="Protect every detected face (face models); off: the centred square",
@@ -741,6 +776,10 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                                                              max_height=720, column_widths=["55%", "45%"], elem_id="metrics-table")
                                 download = gr.File(label="Download the protected photo (lossless PNG)", interactive=False,
                                                    elem_id="protected-download")
+                        framings_gallery = gr.Gallery(
+                            label="Unseen framings of a deepfake maker: deepfake of the original | of the protected photo",
+                            columns=FRAMINGS_SHOWN // 2, format="png", interactive=False, elem_id="framings-gallery",
+                        )
                         with gr.Accordion("Full report (JSON)", open=False):
                             metrics_json = gr.JSON(label="Report", elem_id="metrics-json")
                 if EXAMPLE_PHOTO.is_file() and EXAMPLE_MODEL in engine.specs:
@@ -824,7 +863,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
         ).success(
             handlers.protect_details,
             inputs=[image_in, protected_out, metrics_json],
-            outputs=[perturbation, metrics_table, download, *dropdowns], show_progress_on=perturbation, **private,
+            outputs=[perturbation, metrics_table, download, framings_gallery, *dropdowns], show_progress_on=perturbation, **private,
         )
         batch_button.click(
             handlers.protect_batch,
