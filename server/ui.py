@@ -684,10 +684,10 @@ client = Client("http://127.0.0.1:7860/")   # this server's address
 protected, fake_original, fake_protected, metrics = client.predict(
     handle_file("me.jpg"), "cyclegan-vintage", "pgd", 0.05, 10, 0.01,   # image, model, attack, epsilon, iterations, step_size
     -1, [],                                                             # seed (-1 = random), targets (conditional models; [] = all)
-    True, "eot", True, 0,   # detect faces, robust ("off" | "eot" | "spread-spectrum"), check robustness, SSIM floor (0 = off)
+    True, "framing", True, 0,   # detect faces, robust ("framing" | "off" | "eot" | "spread-spectrum"), check robustness, SSIM floor (0 = off)
     api_name="/protect",
 )
-print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["jpeg75"])
+print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["framings"])
 gallery, zip_path, report = client.predict(
     [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
     api_name="/protect_batch",            # the same trailing options as /protect may follow
@@ -707,7 +707,7 @@ weights are not on the server yet must be loaded in the **Models** tab (or with
 `GET /api/v1/models`, `POST /api/v1/models/{name}/load`, `POST /api/v1/models/{name}/unload`,
 `GET /api/v1/config/attack-methods`, `GET /api/v1/health`, `GET /health`, `GET /metrics` (Prometheus).
 
-**Command line:** `python -m deepshield protect me.jpg -o me.protected.png --robust --check-robustness --report report.json`,
+**Command line:** `python -m deepshield protect me.jpg -o me.protected.png --robust framing --check-robustness --report report.json`,
 then after sharing `python -m deepshield verify me.jpg me-from-the-site.jpg`.
 
 ## What the protection does, and its limits
@@ -720,13 +720,16 @@ mean squared difference of the two outputs exceeds 0.05 (on [-1, 1]).
 - **White box.** The perturbation is optimised against the model chosen here. How well it
   transfers to other generators is not guaranteed.
 - **Sharing weakens it.** JPEG recompression, resizing or blurring (for example by a social
-  network) shrink the perturbation's effect. *Survive sharing* optimises through differentiable
-  JPEG, resizing, blur and crop shifts and helps, but does not make it immune; *Check robustness*
-  measures what is left after real JPEG 90/75/50, resizing, blur and a shifted crop, and the
+  network) shrink the perturbation's effect, and a deepfake maker frames the photo their own way.
+  *Survive sharing and cropping* (`framing`, the default) optimises over the maker's views of the
+  whole photo (crops anywhere, any resize filter, jittered and turned face crops) after JPEG,
+  downscaling and blur, and helps, but does not make it immune; *Check robustness* measures what
+  is left after real JPEG 90/75/50, resizing, blur, a shifted crop and in unseen framings, and the
   **Verify** tab measures a copy that came back from a site. Share the lossless PNG when you can.
-- **Where it is applied.** Face models (StarGAN, GANimation) see each detected face cropped as in
-  their training data, and every face is protected; other models, and photos without a detected
-  face, use the largest centred square. The rest of the photo is left unchanged.
+- **Where it is applied.** With `framing`, the whole photo carries the perturbation. The paper's
+  plain attack perturbs only what deepshield's own framing shows the model: each detected face
+  cropped as in the model's training data for face models (StarGAN, GANimation), else the largest
+  centred square; the rest of the photo is left unchanged.
 - Metrics (L2 / L-inf of the perturbation, PSNR, SSIM, disruption mse / l1) are measured on the
   written PNG.
 
