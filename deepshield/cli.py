@@ -170,13 +170,18 @@ def _protect(args: argparse.Namespace) -> None:
         ssim = "n/a" if p["ssim"] is None else f"{p['ssim']:.4f}"  # None below 3 px a side
         print(
             f"{shown(report['output'])}: disruption mse {d['mse']:.4f} ({'disrupted' if d['disrupted'] else 'NOT disrupted'}), "
-            f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {ssim}, {report['seconds']:.2f}s"
+            f"linf {p['linf_255']:.0f}/255, psnr {p['psnr'] or float('inf'):.2f} dB, ssim {ssim}, {p['area']:.0%} of the photo perturbed, "
+            f"{report['seconds']:.2f}s"
         )
         if "perceptual" in report:
             print(f"  perceptual: perturbation scaled by {report['perceptual']['scale']:.3f} to keep ssim >= {report['perceptual']['ssim_floor']:g}")
         if "robustness" in report:
-            after = ", ".join(f"{k} {v['mse']:.3f}{'' if v['disrupted'] else ' (NOT disrupted)'}" for k, v in report["robustness"].items())
+            robustness = dict(report["robustness"])
+            framings = robustness.pop("framings")
+            after = ", ".join(f"{k} {v['mse']:.3f}{'' if v['disrupted'] else ' (NOT disrupted)'}" for k, v in robustness.items())
             print(f"  robustness: {after}")
+            print(f"  framings: {framings['share_disrupted']:.0%} of {framings['views']} unseen framings disrupted, "
+                  f"{framings['jpeg75']['share_disrupted']:.0%} after JPEG 75")
 
 
 def _write_json(path: str, value: Any) -> None:

@@ -12,7 +12,7 @@ perturbation survives resizing filters and JPEG; a photo of any size costs the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,13 +80,10 @@ def _upsample(delta: Tensor, shape: Sequence[int]) -> Tensor:
     return F.interpolate(delta, size=tuple(shape), mode="bilinear", align_corners=False)
 
 
-Passes = Sequence[Sequence[tuple[int, Tensor]]]
-
-
 def objective(
     photos: list[WholePhoto],
     sizes: Sequence[int],
-    deepfake: callable,
+    deepfake: Callable[[int, Tensor, Tensor], Tensor],
     seeds: Sequence[int],
     threat: views.ThreatModel,
     targets: Sequence[int],

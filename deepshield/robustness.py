@@ -185,8 +185,8 @@ def framings_report(
     maker's tools (`views.render`) from the original and from the protected photo (uint8
     [H, W, 3]), plainly and after a JPEG 75 of the whole photo first; a view is disrupted when
     the mean over targets of mse(deepfake(protected view), deepfake(original view)) >
-    `metrics.DISRUPTION_THRESHOLD`. Returns ({"views", "disrupted" (share), "mse" (mean),
-    "jpeg75": {"disrupted", "mse"}}, [(deepfake of the original's view, of the protected
+    `metrics.DISRUPTION_THRESHOLD`. Returns ({"views", "share_disrupted", "mse" (mean),
+    "jpeg75": {"share_disrupted", "mse"}}, [(deepfake of the original's view, of the protected
     view, the view)] uint8 [s, s, 3] of the first target, for the plain views)."""
     report: dict[str, Any] = {"views": len(drawn)}
     examples = []
@@ -197,7 +197,7 @@ def framings_report(
             clean = deepfake(torch.cat([imaging.to_tensor(a, device) for a, _ in frames]))
             fakes = deepfake(torch.cat([imaging.to_tensor(b, device) for _, b in frames]))
             mse = ((fakes.float() - clean.float()) ** 2).flatten(2).mean(dim=2).mean(dim=1)
-            entry = {"disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
+            entry = {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
             if label is None:
                 report.update(entry)
                 examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]

@@ -197,11 +197,10 @@ def _upright_square(rgb: np.ndarray, cy: float, cx: float, side: float, angle: f
 # ----------------------------------------------------------------------------- differentiable (attacking)
 
 
-def frame(x: Tensor, view: View, size: int, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+def frame(x: Tensor, view: View, size: int, scale: float = 1.0) -> Tensor:
     """The view of image x [1, C, h, w] in [-1, 1] (C = 3, or 1 for a grayscale photo, expanded),
     differentiably: [1, 3, size, size]. `scale` maps the view's photo pixels to x's pixels (x is
-    the photo at a working scale). The sharing runs after the framing, at the model's resolution;
-    `generator` draws nothing today and is there for sharing with random parameters."""
+    the photo at a working scale). The sharing runs after the framing, at the model's resolution."""
     x = x.expand(-1, 3, -1, -1)
     square = _upright_square_tensor(x, view.cy * scale, view.cx * scale, view.side * scale, view.angle)
     mode, antialias = TORCH_FILTERS[view.filter]

@@ -227,8 +227,8 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
         verdict = "disrupted" if value["disrupted"] else "NOT disrupted"
         rows.append([f"after {ROBUSTNESS_LABELS.get(key, key)}: mse", f"{value['mse']:.4f} ({verdict})"])
     if framings:
-        rows.append([f"{framings['views']} unseen framings: share disrupted", f"{framings['disrupted']:.0%} (mean mse {framings['mse']:.4f})"])
-        rows.append(["... after JPEG 75 first", f"{framings['jpeg75']['disrupted']:.0%} (mean mse {framings['jpeg75']['mse']:.4f})"])
+        rows.append([f"{framings['views']} unseen framings: share disrupted", f"{framings['share_disrupted']:.0%} (mean mse {framings['mse']:.4f})"])
+        rows.append(["... after JPEG 75 first", f"{framings['jpeg75']['share_disrupted']:.0%} (mean mse {framings['jpeg75']['mse']:.4f})"])
     return rows
 
 

@@ -118,6 +118,13 @@ def test_protect_a_photo_in_the_browser(browser, app_url, tmp_path):
     assert re.search(r"iterations / step size\s+2 / 0\.0100", table.inner_text())
     for label in ("JPEG 90", "JPEG 75", "JPEG 50", "resize to 1/2 and back", "Gaussian blur 1 px", "crop shifted 4 px"):
         assert re.search(rf"after {re.escape(label)}: mse\s+0\.\d{{4}} \((NOT )?disrupted\)", table.inner_text()), label
+    assert re.search(r"8 unseen framings: share disrupted\s+\d+%", table.inner_text())  # the default mode is framing
+    assert re.search(r"share of the photo perturbed\s+1\.000", table.inner_text())
+    grid = page.locator("#framings-gallery img")
+    expect(grid).to_have_count(4, timeout=30_000)
+    for index in range(4):  # each framing's pair of deepfakes, side by side, decoded by the browser
+        expect(grid.nth(index)).to_have_js_property("complete", True)
+        assert grid.nth(index).evaluate("img => img.naturalWidth") > 2 * grid.nth(index).evaluate("img => img.naturalHeight")
 
     screenshot = tmp_path / "protect-tab.png"
     page.screenshot(path=str(screenshot), full_page=True)

@@ -138,8 +138,19 @@ def test_robust_attack_and_robustness_report_from_the_cli(cli_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (report,) = json.loads((tmp_path / "r.json").read_text())
     assert report["robust"] == "eot"
-    assert set(report["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
+    assert set(report["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift", "framings"}
     assert report["faces"] == [] and report["crop"] == "centre"
+
+
+def test_framing_protection_from_the_cli(cli_env, tmp_path):
+    source = write_photo(tmp_path / "in.png", 60, 30, seed=5)
+    proc = run(cli_env, "protect", str(source), "-o", str(tmp_path / "out.png"), "--model", "tiny", "--iterations", "2",
+               "--robust", "framing", "--check-robustness", "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    assert report["robust"] == "framing" and report["perturbation"]["area"] > 0.9
+    assert report["robustness"]["framings"]["views"] == 8
+    assert "framings" in proc.stdout
 
 
 def test_cli_verify_summary_json_and_errors(cli_env, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from deepshield.engine import Engine
+from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.errors import InvalidParameterError, OutOfMemoryError, UnknownModelError
 from tests.conftest import HAIR, TINY_PARAMS, make_spec, save_tiny, tiny_models
 
@@ -228,10 +229,14 @@ def test_robust_modes_keep_the_budget_and_are_reported(engine, robust):
 def test_robustness_report_has_every_transformation(engine):
     result = engine.protect(photo(64, 64, seed=2), model="tiny-stargan", iterations=2, seed=0, check_robustness=True)
     report = result.metrics["robustness"]
-    assert set(report) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
-    for entry in report.values():
+    assert set(report) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift", "framings"}
+    for entry in (report[key] for key in ROBUSTNESS_KEYS):
         assert math.isfinite(entry["mse"]) and entry["mse"] >= 0
         assert entry["disrupted"] == (entry["mse"] > 0.05)
+    framings = report["framings"]
+    assert framings["views"] == 8 and len(result.framing_examples) == 8
+    for entry in (framings, framings["jpeg75"]):
+        assert 0 <= entry["share_disrupted"] <= 1 and math.isfinite(entry["mse"])
     assert "robustness" not in engine.protect(photo(64, 64), model="tiny-stargan", iterations=1, seed=0).metrics
 
 

@@ -82,7 +82,7 @@ def test_unseen_framings_are_measured_with_the_makers_tools(engine):
     report, examples = robustness.framings_report(original, protected, drawn, 24, lambda frames: frames.unsqueeze(1))
     expected = [np.mean(((views.render(protected, v, 24) / 127.5) - (views.render(original, v, 24) / 127.5)) ** 2) for v in drawn]
     assert report["views"] == 5 and report["mse"] == pytest.approx(np.mean(expected), rel=1e-5)
-    assert report["disrupted"] == np.mean(np.array(expected) > 0.05)
+    assert report["share_disrupted"] == np.mean(np.array(expected) > 0.05)
     after = [np.mean(((views.render(protected, replace(v, jpeg=75), 24) / 127.5) - (views.render(original, replace(v, jpeg=75), 24) / 127.5)) ** 2) for v in drawn]
     assert report["jpeg75"]["mse"] == pytest.approx(np.mean(after), rel=1e-5)
     assert len(examples) == 5 and examples[0][0].shape == (24, 24, 3)

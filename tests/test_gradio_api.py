@@ -21,6 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from deepshield.engine import Engine
+from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.manifest import load_manifest
 from server import ui
 from server.settings import Settings
@@ -130,10 +131,20 @@ def test_protect_options_added_after_the_fixed_ones(served, tmp_path):
     )
     assert (metrics["epsilon"], metrics["strength"], metrics["robust"]) == (0.1, "high", "eot")
     assert metrics["perturbation"]["ssim"] >= 0.999 and metrics["perceptual"]["ssim_floor"] == 0.999
-    assert set(metrics["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"}
-    assert all(set(v) >= {"mse", "disrupted"} for v in metrics["robustness"].values())
+    assert set(metrics["robustness"]) == {"jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift", "framings"}
+    assert all(set(metrics["robustness"][k]) >= {"mse", "disrupted"} for k in ROBUSTNESS_KEYS)
     assert metrics["faces"] == [] and metrics["crop"] == "centre"
     assert "robust must be one of" in _error_of(served, handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, 0, [], True, "magic")
+
+
+def test_the_defaults_are_the_uis_framing_protection_with_its_report(served, tmp_path):
+    source = photo_file(tmp_path / "wide.png", 64, 32, seed=8)
+    *_, metrics = served.client.predict(handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, 0, [], api_name="/protect")
+    assert metrics["robust"] == "framing" and metrics["perturbation"]["area"] > 0.9
+    assert metrics["robustness"]["framings"]["views"] == 8
+    *_, plain = served.client.predict(handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 2, 0.01, 0, [], True, "off", False, 0,
+                                      api_name="/protect")
+    assert plain["robust"] is False and "robustness" not in plain and plain["perturbation"]["area"] <= 0.5 + 1e-9
 
 
 def test_verify_shows_each_model_side_by_side(served, tmp_path):

@@ -26,6 +26,7 @@ from PIL import Image
 import app as app_module
 from deepshield import attacks
 from deepshield.engine import Engine
+from deepshield.robustness import ROBUSTNESS_KEYS
 from server import rest
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
@@ -150,14 +151,26 @@ def test_issue4_options_strength_faces_robust_report_and_ssim_floor(serve):
     params = {"iterations": 2, "seed": 0, "strength": "high", "detect_faces": False, "robust": "eot", "check_robustness": True, "ssim_floor": 0.999}
     metrics = protect(served, attack_params=params).json()["metrics"]
     assert (metrics["epsilon"], metrics["strength"], metrics["robust"]) == (0.1, "high", "eot")
-    assert list(metrics["robustness"]) == ["jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift"]
-    assert all(isinstance(v["mse"], float) and isinstance(v["disrupted"], bool) for v in metrics["robustness"].values())
+    assert list(metrics["robustness"]) == ["jpeg90", "jpeg75", "jpeg50", "resize50", "blur1", "shift", "framings"]
+    assert all(isinstance(metrics["robustness"][k]["mse"], float) and isinstance(metrics["robustness"][k]["disrupted"], bool) for k in ROBUSTNESS_KEYS)
     assert metrics["perturbation"]["ssim"] >= 0.999 and metrics["perceptual"]["ssim_floor"] == 0.999
     assert metrics["faces"] == [] and metrics["crop"] == "centre"
     both = protect(served, attack_params={"epsilon": 0.05, "strength": "low"})
     assert "not both" in assert_error(both, 422, "invalid_request")["message"]
     assert_error(protect(served, attack_params={"robust": "magic"}), 422, "invalid_request")
     assert_error(protect(served, attack_params={"ssim_floor": 1.2}), 422, "invalid_request")
+
+
+def test_framing_protects_the_whole_photo_over_rest(serve):
+    served = serve()
+    wide = b64(png(64, 32))  # plain PGD perturbs only its centred 32x32 square
+    params = {"iterations": 2, "seed": 0, "robust": "framing", "check_robustness": True}
+    metrics = protect(served, wide, attack_params=params).json()["metrics"]
+    assert metrics["robust"] == "framing" and metrics["perturbation"]["area"] > 0.9
+    framings = metrics["robustness"]["framings"]
+    assert framings["views"] == 8 and 0 <= framings["share_disrupted"] <= 1 and 0 <= framings["jpeg75"]["share_disrupted"] <= 1
+    plain = protect(served, wide, attack_params={"iterations": 2, "seed": 0}).json()["metrics"]
+    assert plain["perturbation"]["area"] <= 0.5 + 1e-9
 
 
 def test_verify_compares_the_shared_copy_per_model(serve):
@@ -429,7 +442,7 @@ def test_attack_methods_config(serve):
     assert methods["pgd"]["random_start"] and not methods["ifgsm"]["random_start"]
     assert all(m["description"] for m in methods.values())
     assert config["strengths"]["low"] == {"epsilon": 0.02, "epsilon_255": 2.55}
-    assert set(config["robust"]) == {"off", "eot", "spread-spectrum"}
+    assert set(config["robust"]) == {"off", "eot", "spread-spectrum", "framing"}
 
 
 def test_health_reports_version_device_queue_limits_and_uptime(serve):
