@@ -468,8 +468,8 @@ class Handlers:
         seed: Any = None,
         targets: Any = None,
         detect_faces: Any = True,
-        robust: Any = "off",
-        check_robustness: Any = False,
+        robust: Any = DEFAULT_ROBUST,
+        check_robustness: Any = True,
         ssim_floor: Any = 0,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
@@ -522,7 +522,7 @@ class Handlers:
         seed: Any = None,
         targets: Any = None,
         detect_faces: Any = True,
-        robust: Any = "off",
+        robust: Any = DEFAULT_ROBUST,
         check_robustness: Any = False,
         ssim_floor: Any = 0,
         request: gr.Request | None = None,
@@ -611,7 +611,9 @@ class AttackControls:
                 self.detect_faces, self.robust, self.check_robustness, self.ssim_floor]
 
 
-def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
+def _attack_controls(handlers: Handlers, prefix: str, *, check_robustness: bool) -> AttackControls:
+    """The attack settings of a tab; `check_robustness` is its checkbox's default (the Protect tab
+    shows the framings grid from that report; a batch leaves it off, it costs time per photo)."""
     default_model = handlers.default_model()
     model = gr.Dropdown(
         handlers.model_choices(), value=default_model, label="Model", info="the generator to protect against (status in brackets)",
@@ -628,7 +630,7 @@ def _attack_controls(handlers: Handlers, prefix: str) -> AttackControls:
                       info="framing: the whole photo, protected wherever a deepfake maker crops it, after recompression; "
                            "off: the paper's plain attack on the centred square or the faces (fastest)",
                       elem_id=f"{prefix}-robust")
-    check_robustness = gr.Checkbox(True, label="Check robustness: re-measure after JPEG 90/75/50, resize, blur, shifted crop, "
+    check_robustness = gr.Checkbox(check_robustness, label="Check robustness: re-measure after JPEG 90/75/50, resize, blur, shifted crop, "
                                    "and in unseen framings",
                                    elem_id=f"{prefix}-check-robustness")
     with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
@@ -756,7 +758,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
             with gr.Tab("Protect", id="protect"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        protect_controls = _attack_controls(handlers, "protect")
+                        protect_controls = _attack_controls(handlers, "protect", check_robustness=True)
                         protect_button = gr.Button("Protect", variant="primary", elem_id="protect-button")
                     with gr.Column(scale=3):
                         with gr.Row(equal_height=True):
@@ -800,7 +802,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                     with gr.Column(scale=1, min_width=300):
                         files_in = gr.File(file_count="multiple", file_types=["image", ".zip"],
                                            label=f"Photos or a .zip of photos (up to {settings.max_batch_size})", elem_id="batch-files")
-                        batch_controls = _attack_controls(handlers, "batch")
+                        batch_controls = _attack_controls(handlers, "batch", check_robustness=False)
                         batch_button = gr.Button("Protect all", variant="primary", elem_id="batch-button")
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(label="Protected photos", columns=4, format="png", elem_id="batch-gallery")
