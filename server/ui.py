@@ -8,6 +8,7 @@ uint8 arrays and plain dicts, and the only arithmetic is numpy on 8-bit images.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import html
 import json
 import logging
@@ -158,7 +159,7 @@ FRAMINGS_CAPTIONS = "framings.json"
 
 def save_framings(directory: Path, examples: Sequence[tuple[Image.Image, Image.Image, str]]) -> None:
     """Write each framing's deepfake pair side by side (4 px white gap) as framing-<k>.png, and
-    the captions, beside the protected photo: the grid the UI shows after /protect."""
+    the captions, in `directory`: the grid the UI shows after /protect."""
     for index, (clean, fake, _) in enumerate(examples):
         left, right = np.asarray(clean.convert("RGB")), np.asarray(fake.convert("RGB"))
         gap = np.full((left.shape[0], 4, 3), 255, dtype=np.uint8)
@@ -237,6 +238,8 @@ ROBUSTNESS_LABELS = {"jpeg90": "JPEG 90", "jpeg75": "JPEG 75", "jpeg50": "JPEG 5
 
 
 def _region(metrics: dict[str, Any]) -> str:
+    if metrics.get("robust") == "framing":
+        return "the whole photo, for any framing"
     found = metrics.get("faces") or []
     if found:
         return f"{len(found)} face{'s' if len(found) > 1 else ''}: " + "; ".join(str(f["box"]) for f in found)
@@ -302,6 +305,11 @@ class OutputStore:
             path = self.root / uuid.uuid4().hex
             path.mkdir(parents=True)
             return path
+
+    def framings_dir(self, protected: Path) -> Path:
+        """The folder of the framings grid of a protected photo, named after its bytes' sha256: the
+        /protect call writes it, the UI's follow-up finds it from Gradio's copy of the photo."""
+        return self.root / f"framings-{hashlib.sha256(protected.read_bytes()).hexdigest()}"
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -494,7 +502,7 @@ class Handlers:
             observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
             output = self.store.new_dir() / f"{Path(upload.name).stem or 'photo'}.protected.png"
             measured = result.save(output)
-            save_framings(output.parent, result.framing_examples[:FRAMINGS_SHOWN])
+            save_framings(self.store.framings_dir(output), result.framing_examples[:FRAMINGS_SHOWN])
             metrics = {**measured, "input": upload.name, "output": output.name}
             return str(output), result.deepfake_original, result.deepfake_protected, metrics
 
@@ -509,7 +517,7 @@ class Handlers:
             view = perturbation_view(imaging.load_photo(original_path).rgb, imaging.load_photo(protected_path).rgb)
             # written here by the parallel encoder: Gradio's own PNG writer took 0.56 s for a 1024 px view of noise
             view_path = imaging.write_atomic(self.store.new_dir() / "perturbation.png", png.encode(view))
-            return (str(view_path), metrics_rows(metrics), str(protected_path), load_framings(protected_path.parent), *updates)
+            return (str(view_path), metrics_rows(metrics), str(protected_path), load_framings(self.store.framings_dir(protected_path)), *updates)
 
     def protect_batch(
         self,
@@ -783,7 +791,8 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                                                    elem_id="protected-download")
                         framings_gallery = gr.Gallery(
                             label="Unseen framings of a deepfake maker: deepfake of the original | of the protected photo",
-                            columns=FRAMINGS_SHOWN // 2, format="png", interactive=False, elem_id="framings-gallery",
+                            columns=FRAMINGS_SHOWN // 2, object_fit="contain", height="auto", format="png", interactive=False,
+                            elem_id="framings-gallery",
                         )
                         with gr.Accordion("Full report (JSON)", open=False):
                             metrics_json = gr.JSON(label="Report", elem_id="metrics-json")
