@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from deepshield.engine import Engine
 from deepshield.errors import DeepshieldError
-from server import observability, rest, serving, ui
+from server import observability, rest, serving, service, ui
 from server.jobs import create_backend
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         redoc_url="/redoc",
     )
     observability.install(api, engine, settings)
-    jobs = create_backend(settings, rest.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
+    jobs = create_backend(settings, service.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
     api.router.on_shutdown.append(jobs.close)  # embedded jobs stop after their chunk and resume at the next start
     limiter = SlidingWindowLimiter(settings.rate_limit_per_minute)  # one budget per client for the UI and REST
     api.include_router(rest.create_router(engine, settings, jobs, limiter))
