@@ -35,18 +35,21 @@ from deepshield.engine import Engine
 from deepshield.errors import DeepshieldError
 from server.jobs import (
     JobBackend,
+    JobInput,
     JobNotFinishedError,
     JobQueueFullError,
     UnknownTaskError,
     create_backend,
     results,
 )
+from server.jobs.inline import InlineJobs
 from server.ratelimit import SlidingWindowLimiter
 from server.redact import scrub
 from server.schemas import (
     RANDOM_START_RULE,
     STEP_SIZE_MAX,
     BatchAccepted,
+    BatchResults,
     ErrorResponse,
     ProtectBatchRequest,
     ProtectImageRequest,
@@ -183,6 +186,7 @@ _ERROR_TEXT = {
     404: "Unknown model or task.",
     409: "The model's weights are not on the server yet: POST /api/v1/models/{name}/load.",
     413: "Request body, image file or image dimensions above the server's limits.",
+    415: "Image format not in SUPPORTED_FORMATS.",
     422: "A parameter is missing or out of range.",
     429: "Rate limited; see the Retry-After header.",
     500: "Unexpected server error (logged server-side).",
@@ -247,27 +251,46 @@ def create_router(
     router = APIRouter(route_class=make_route_class(settings, limiter))
     started = time.time()
 
-    @router.post(f"{PREFIX}/protect/image", response_model=ProtectImageResponse, responses=errors(400, 404, 409, 413, 422, 429, 503), tags=["protect"], summary="Protect one photo")
+    @router.post(f"{PREFIX}/protect/image", response_model=ProtectImageResponse, responses=errors(400, 404, 409, 413, 415, 422, 429, 503), tags=["protect"], summary="Protect one photo")
     async def protect_image(body: ProtectImageRequest) -> dict[str, Any]:
         """Adds an adversarial perturbation so the chosen generator's deepfake of the photo fails."""
         begin = time.perf_counter()
         result = await run_in_threadpool(service.protect, body.image, body)
         return {**result, "processing_time": round(time.perf_counter() - begin, 4)}
 
-    @router.post(f"{PREFIX}/protect/batch", response_model=BatchAccepted, status_code=202, responses=errors(404, 409, 413, 422, 429, 503), tags=["protect"], summary="Protect several photos")
-    async def protect_batch(body: ProtectBatchRequest) -> dict[str, Any]:
-        """Starts a background job and answers at once; poll the status URL for the results."""
+    @router.post(
+        f"{PREFIX}/protect/batch",
+        response_model=BatchAccepted,
+        status_code=202,
+        responses={**errors(404, 409, 413, 422, 429, 503), 200: {"model": BatchResults, "description": "async_processing false: the results"}},
+        tags=["protect"],
+        summary="Protect several photos",
+    )
+    async def protect_batch(body: ProtectBatchRequest) -> Any:
+        """Starts a background job and answers at once (poll the status URL for the results), or
+        with `async_processing: false` runs the photos now and answers with their results."""
+        begin = time.perf_counter()
         if len(body.images) > settings.max_batch_size:
             raise ApiError(422, "invalid_request", f"{len(body.images)} images in one batch; this server takes at most {settings.max_batch_size}")
-        model = service.resolve_model(body.model_type)
+        options = body.options()
+        model = service.resolve_model(options.model_type)
         await run_in_threadpool(service.ensure_ready, model)
-        options = body.model_dump(mode="json", exclude={"images"}) | {"model_type": model}
+        options_json = options.model_dump(mode="json") | {"model_type": model}
         inputs = [job_input(image.filename, image.image, settings) for image in body.images]
+        if not body.async_processing:
+            return await run_in_threadpool(batch_now, inputs, options_json, begin)
         try:
-            task_id = await run_in_threadpool(jobs.submit, inputs, options)
+            task_id = await run_in_threadpool(jobs.submit, inputs, options_json)
         except JobQueueFullError as error:
             raise ApiError(503, "server_busy", str(error), {"Retry-After": str(BUSY_RETRY_AFTER * 6)}) from None
         return {"task_id": task_id, "status": "queued", "total": len(body.images), "status_url": f"{PREFIX}/protect/status/{task_id}"}
+
+    def batch_now(inputs: list[JobInput], options: dict[str, Any], begin: float) -> JSONResponse:
+        """The job run in this thread (InlineJobs), answered like a finished job's status."""
+        inline = InlineJobs(service.process_items)
+        view = results.status_view(inline, inline.submit(inputs, options), PREFIX)
+        fields = ("status", "progress", "results")
+        return JSONResponse({**{k: view[k] for k in fields}, "processing_time": round(time.perf_counter() - begin, 4)})
 
     @router.post(f"{PREFIX}/verify", responses=errors(400, 404, 409, 413, 422, 429, 503), tags=["protect"], summary="Is a shared copy still protected?")
     async def verify(body: VerifyRequest) -> dict[str, Any]:
@@ -321,9 +344,11 @@ def create_router(
 
     @router.post(f"{PREFIX}/models/{{name}}/load", responses=errors(401, 403, 404, 429, 503), tags=["models"], summary="Load a model (downloading its weights if needed)")
     async def load_model(name: str, request: Request) -> dict[str, Any]:
-        """The one place that may download weights; runs in a worker thread. Needs the admin token
-        when the server has one (DEEPSHIELD_ADMIN_TOKEN)."""
+        """The one place that may download weights; runs in a worker thread. `name` is a model name
+        or an architecture name (as `model_type`); the answer names the model loaded. Needs the
+        admin token when the server has one (DEEPSHIELD_ADMIN_TOKEN)."""
         require_admin(request)
+        name = await run_in_threadpool(engine.resolve, name)
         engine.spec(name)
         begin = time.perf_counter()
         model = await run_in_threadpool(engine.load, name, allow_download=True)
@@ -341,6 +366,7 @@ def create_router(
     def unload_model(name: str, request: Request) -> dict[str, Any]:
         """Needs the admin token when the server has one (DEEPSHIELD_ADMIN_TOKEN)."""
         require_admin(request)
+        name = engine.resolve(name)
         engine.spec(name)
         unloaded = engine.unload(name)
         return {"name": name, "unloaded": unloaded, "status": engine.status(name)[0]}

@@ -37,14 +37,13 @@ from server import observability
 from server.jobs.base import ItemOutcome, JobInput
 from server.redact import scrub
 from server.schemas import ProtectOptions, VerifyRequest
-from server.settings import Settings
+from server.settings import IMAGE_FORMATS, Settings
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 BASE64_WRAP = 1.02  # tolerate line-wrapped base64 (76 chars + newline)
 BUSY_RETRY_AFTER = 5  # seconds a client should wait after a 503 busy
-BATCH_BUSY_WAIT = 300.0  # a batch item waits this long for a free slot before failing
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -122,7 +121,9 @@ def check_image_bytes(data: bytes, settings: Settings, label: str = "image") -> 
         raise ApiError(400, "invalid_image", f"{label}: the image is empty")
     if len(data) > limit:
         raise _image_too_large(label, f"{len(data) / 1e6:.2f} MB", settings)
-    width, height = _header_size(data, label)
+    width, height, kind = _header(data, label)
+    if kind in IMAGE_FORMATS and kind not in settings.supported_formats:  # others: the decoder refuses them (400)
+        raise ApiError(415, "unsupported_media_type", f"{label}: {kind.upper()} images are not accepted here (SUPPORTED_FORMATS: {', '.join(settings.supported_formats)})")
     if max(width, height) > settings.max_image_dimension:
         raise ApiError(
             413,
@@ -136,13 +137,13 @@ def _image_too_large(label: str, size: str, settings: Settings) -> ApiError:
     return ApiError(413, "image_too_large", f"{label}: the image is {size}, above the limit of {settings.max_image_size_mb:g} MB; send a smaller file")
 
 
-def _header_size(data: bytes, label: str) -> tuple[int, int]:
-    """(width, height) from the file header; PIL decodes no pixels until `load()`."""
+def _header(data: bytes, label: str) -> tuple[int, int, str]:
+    """(width, height, format name in lower case) from the file header; PIL decodes no pixels until `load()`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return image.size
+                return (*image.size, {"mpo": "jpeg"}.get(str(image.format).lower(), str(image.format).lower()))
     except UnidentifiedImageError:
         raise ApiError(400, "invalid_image", f"{label}: not a recognised image format (PNG, JPEG, WebP, TIFF, BMP, GIF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -189,21 +190,9 @@ class ProtectService:
         self.settings = settings
 
     def resolve_model(self, model_type: str | None) -> str:
-        """A manifest name as is; an architecture name -> the first manifest entry of it."""
-        name = model_type or self.settings.default_model
-        if name in self.engine.specs:
-            return name
-        key = name.lower()
-        for spec in self.engine.specs.values():
-            architecture = spec.architecture.lower()
-            if key in (architecture, architecture.split("-")[0]):
-                return spec.name
-        architectures = sorted({s.architecture.split("-")[0] for s in self.engine.specs.values()})
-        raise ApiError(
-            404,
-            "unknown_model",
-            f"unknown model {name!r}: use a name from GET {PREFIX}/models ({', '.join(self.engine.specs)}) or an architecture ({', '.join(architectures)})",
-        )
+        """The model a request names (DEFAULT_MODEL when none): a model name, or an architecture
+        name meaning its models-folder model, else its first manifest entry (`Engine.resolve`)."""
+        return self.engine.resolve(model_type or self.settings.default_model)
 
     def ensure_ready(self, name: str) -> None:
         """Protection never downloads: refuse models whose weights are not on this server."""
@@ -272,7 +261,7 @@ class ProtectService:
     def process_items(self, inputs: Sequence[JobInput], options: Mapping[str, Any], on_step: Callable[[int, int], None]) -> list[ItemOutcome]:
         """A chunk of a batch job (see server.jobs.base.ItemProcessor): each photo is checked on
         its own (a bad one becomes an error outcome naming it), the good ones are attacked in one
-        engine batch. Waits up to BATCH_BUSY_WAIT for a free slot instead of failing when busy."""
+        engine batch. Waits up to BATCH_TIMEOUT_SECONDS for a free slot instead of failing when busy."""
         parsed = ProtectOptions.model_validate(options)
         started = time.perf_counter()
         outcomes: list[ItemOutcome | None] = [None] * len(inputs)
@@ -281,6 +270,8 @@ class ProtectService:
             self.ensure_ready(model)
         except ApiError as error:
             return [_error_outcome(error)] * len(inputs)
+        except DeepshieldError as error:
+            return [_error_outcome(from_deepshield(error))] * len(inputs)
         good: dict[int, imaging.Photo] = {}  # decoded once here, attacked as they are
         for k, item in enumerate(inputs):
             try:
@@ -306,7 +297,7 @@ class ProtectService:
         fails, each photo alone, so the error lands on the photo that caused it."""
         if not images:
             return []
-        deadline = time.monotonic() + BATCH_BUSY_WAIT
+        deadline = time.monotonic() + self.settings.batch_timeout_seconds
         kwargs = {**self._engine_options(model, options), "on_step": lambda step, steps, _loss: on_step(step, steps)}
         while True:
             try:
