@@ -26,7 +26,7 @@ from PIL import Image
 import app as app_module
 from deepshield import attacks
 from deepshield.engine import Engine
-from server import rest, service
+from server import service
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 from tests.conftest import (
