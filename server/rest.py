@@ -1,4 +1,5 @@
 """REST API v1 (DESIGN.md s.3): protect one photo or a batch, models, attack config, health.
+The work behind the routes is the shared service layer (server/service.py).
 
 Every route goes through `GuardedRoute`, which in this order: refuses a client over the rate
 limit (429, POST routes only), refuses a body whose Content-Length, or whose streamed size,
@@ -93,7 +94,6 @@ def _validation_response(error: RequestValidationError) -> JSONResponse:
 
 
 # ------------------------------------------------------------------------------------ guard
-
 
 
 def body_limit(path: str, settings: Settings) -> int:

@@ -86,11 +86,9 @@ def from_deepshield(error: DeepshieldError) -> ApiError:
     return ApiError(500, "internal_error", "the server is misconfigured; the operator has been told in the logs")
 
 
-
 def encoded_budget(max_bytes: int) -> int:
     """Bytes that base64 of a `max_bytes` file can take inside a JSON string."""
     return math.ceil(max_bytes * 4 / 3 * BASE64_WRAP) + 1024
-
 
 
 # ------------------------------------------------------------------------------------ images
@@ -324,7 +322,6 @@ class ProtectService:
             for entry, check in zip(report["models"], result.checks):
                 entry["deepfake_baseline"], entry["deepfake_shared"] = _png_b64(check.deepfake_baseline), _png_b64(check.deepfake_shared)
         return jsonable(report)
-
 
 
 def job_input(filename: str, image: str, settings: Settings) -> JobInput:
