@@ -20,24 +20,38 @@ from fastapi import FastAPI
 
 from deepshield.engine import Engine
 from deepshield.errors import DeepshieldError
-from server import observability, rest, serving, ui
+from server import observability, rest, serving, service, ui
 from server.jobs import create_backend
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 
 
 def create_engine(settings: Settings) -> Engine:
-    return Engine(device=settings.device, max_concurrent=settings.max_concurrent, max_queue=settings.max_queue_size)
+    """CACHE_MODELS=false keeps one model in memory at a time (the last used)."""
+    return Engine(
+        device=settings.device,
+        max_concurrent=settings.max_concurrent,
+        max_queue=settings.max_queue_size,
+        **({} if settings.cache_models else {"max_loaded": 1}),
+    )
 
 
-def preload(engine: Engine, names: list[str]) -> threading.Thread:
-    """Load PRELOAD_MODELS in the background (downloading if needed) so the page serves at once."""
+def preload_names(engine: Engine, settings: Settings) -> list[str]:
+    """PRELOAD_MODELS: `true` = every model whose weights are on the server (not downloaded),
+    else the names given (model or architecture names, resolved as `model_type` is)."""
+    if settings.preload_all:
+        return [row["name"] for row in engine.list_models() if row["status"] in ("loaded", "cached")]
+    return settings.preload_models
+
+
+def preload(engine: Engine, settings: Settings) -> threading.Thread:
+    """Load PRELOAD_MODELS in the background (downloading named ones if needed) so the page serves at once."""
     log = logging.getLogger("deepshield.preload")
 
     def run() -> None:
-        for name in names:
+        for name in preload_names(engine, settings):
             try:
-                engine.load(name)
+                engine.load(engine.resolve(name))
                 log.info("preloaded model %s", name)
             except DeepshieldError as error:
                 log.error("could not preload model %s: %s", name, error)
@@ -59,13 +73,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         redoc_url="/redoc",
     )
     observability.install(api, engine, settings)
-    jobs = create_backend(settings, rest.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
+    jobs = create_backend(settings, service.ProtectService(engine, settings).process_items, workers=engine.max_concurrent)
     api.router.on_shutdown.append(jobs.close)  # embedded jobs stop after their chunk and resume at the next start
     limiter = SlidingWindowLimiter(settings.rate_limit_per_minute)  # one budget per client for the UI and REST
     api.include_router(rest.create_router(engine, settings, jobs, limiter))
     demo = ui.build_demo(engine, settings, jobs, limiter)
-    if settings.preload_models:
-        preload(engine, settings.preload_models)
+    if settings.preload_all or settings.preload_models:
+        preload(engine, settings)
     # The largest file the UI takes: a zip of a full batch; single photos are checked again
     # against MAX_IMAGE_SIZE_MB. Gradio refuses bigger uploads (413) before writing them to disk.
     return gr.mount_gradio_app(api, demo, path="/", max_file_size=settings.max_batch_size * settings.max_image_bytes)

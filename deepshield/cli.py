@@ -94,7 +94,8 @@ def _print_models(engine: Engine, as_json: bool) -> None:
         return
     for row in rows:
         labels = f" targets: {', '.join(row['labels'])}" if row["labels"] else ""
-        print(f"{row['name']:28} {row['architecture']:17} {row['image_size']:>5}px  {row['status']:12} {row['reason']}{labels}")
+        size = f"{row['image_size']}px" if row["image_size"] else "-"
+        print(f"{row['name']:28} {row['architecture']:17} {size:>7}  {row['status']:12} {row['reason']}{labels}")
 
 
 def shown(text: str) -> str:

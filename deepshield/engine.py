@@ -88,6 +88,10 @@ class Engine:
     def spec(self, name: str) -> ModelSpec:
         return self._cache.spec(name)
 
+    def resolve(self, name: str) -> str:
+        """A model name, or an architecture name meaning its folder model, else its first manifest entry."""
+        return self._cache.resolve(name)
+
     def load(self, name: str, *, weights: str | os.PathLike[str] | None = None, allow_download: bool = True) -> LoadedModel:
         """Return the model, loading it (and downloading its weights if allowed) once."""
         return self._cache.load(name, weights=weights, allow_download=allow_download)

@@ -101,8 +101,10 @@ def _parse_weights(raw: Mapping[str, Any], where: str) -> WeightsSource:
     return WeightsSource(kind="local", filename=str(raw["local"]), **common)
 
 
-def _parse_model(name: str, raw: Mapping[str, Any]) -> ModelSpec:
-    where = f"model {name!r}"
+def parse_model(name: str, raw: Mapping[str, Any], where: str | None = None) -> ModelSpec:
+    """One manifest entry (or a models-folder config.json completed from its checkpoint);
+    raises ManifestError naming `where` (default: the model)."""
+    where = where or f"model {name!r}"
     arch_name = str(_require(raw, "architecture", where))
     try:
         architecture = get_architecture(arch_name)
@@ -150,4 +152,4 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> dict[str, Model
         raise ManifestError(f"the weights manifest {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("models"), Mapping):
         raise ManifestError(f"the weights manifest {path} must have a top-level 'models' mapping")
-    return {str(name): _parse_model(str(name), entry) for name, entry in raw["models"].items()}
+    return {str(name): parse_model(str(name), entry) for name, entry in raw["models"].items()}

@@ -1,5 +1,5 @@
-"""The model cache: the manifest's specs, and generators loaded on demand onto one device, the
-least recently used dropped beyond `max_loaded`."""
+"""The model cache: the specs (the manifest's and the models folder's), name resolution, and
+generators loaded on demand onto one device, the least recently used dropped beyond `max_loaded`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepshield import memory
-from deepshield.errors import InvalidParameterError, UnknownModelError
+from deepshield import folder_models, memory
+from deepshield.errors import InvalidParameterError, UnknownModelError, WeightsError
 from deepshield.manifest import ModelSpec
 from deepshield.models import Generator
-from deepshield.weights import find_local_weights, load_model, missing_weights_hint
+from deepshield.weights import find_local_weights, load_model, missing_weights_hint, models_dir
 
 MAX_IMAGE_SIZE = 2048
 
@@ -67,7 +67,7 @@ class ModelCache:
     lock of its own, and the least recently used dropped past `max_loaded`."""
 
     def __init__(self, specs: Mapping[str, ModelSpec], device: torch.device, compile_mode: str | None, max_loaded: int) -> None:
-        self.specs: dict[str, ModelSpec] = dict(specs)
+        self.manifest: dict[str, ModelSpec] = dict(specs)
         self.device = device
         self.compile_mode = compile_mode
         self.max_loaded = max_loaded
@@ -75,11 +75,44 @@ class ModelCache:
         self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.RLock()
 
+    def folder(self) -> dict[str, folder_models.FolderModel]:
+        """The models folder's models, looked at now (a folder added while running shows up)."""
+        return folder_models.scan(models_dir(), self.manifest)
+
+    def _specs(self, folder: Mapping[str, folder_models.FolderModel]) -> dict[str, ModelSpec]:
+        return {**self.manifest, **{name: m.spec for name, m in folder.items() if m.spec is not None}}
+
+    @property
+    def specs(self) -> dict[str, ModelSpec]:
+        """The manifest's models, then the usable ones of the models folder."""
+        return self._specs(self.folder())
+
     def spec(self, name: str) -> ModelSpec:
-        try:
-            return self.specs[name]
-        except KeyError:
-            raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.specs))}") from None
+        if name in self.manifest:
+            return self.manifest[name]
+        found = self.folder().get(name)
+        if found is not None and found.spec is not None:
+            return found.spec
+        if found is not None:
+            raise WeightsError(f"model {name!r} (models folder) cannot be used: {found.reason}")
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(self.specs))}")
+
+    def resolve(self, name: str) -> str:
+        """A model name as is (folder models included); an architecture name (`stargan`,
+        `pix2pixhd`, `pix2pixhd-local` ...) -> the folder model of that architecture when there is
+        one, else its first manifest entry."""
+        folder = self.folder()
+        if name in self.manifest or name in folder:
+            return name
+        specs = self._specs(folder)
+        key = name.lower()
+        matches = [n for n, s in specs.items() if key in (s.architecture.lower(), s.architecture.lower().split("-")[0])]
+        if matches:
+            return next((n for n in matches if n in folder), matches[0])
+        architectures = sorted({s.architecture.split("-")[0] for s in specs.values()})
+        raise UnknownModelError(
+            f"unknown model {name!r}: use a model name ({', '.join(specs)}) or an architecture ({', '.join(architectures)})"
+        )
 
     def load(self, name: str, *, weights: str | os.PathLike[str] | None = None, allow_download: bool = True) -> LoadedModel:
         """Return the model, loading it (and downloading its weights if allowed) once.
@@ -130,7 +163,10 @@ class ModelCache:
 
     def status(self, name: str) -> tuple[str, str]:
         """(`loaded` | `cached` | `downloadable` | `unavailable`, why)."""
-        spec = self.spec(name)
+        try:
+            spec = self.spec(name)
+        except WeightsError as error:  # a models-folder model that cannot be understood
+            return "unavailable", str(error)
         if self.is_loaded(name):
             return "loaded", f"in memory on {self.device.type}"
         if spec.preprocessing == "label_map":
@@ -145,8 +181,11 @@ class ModelCache:
         return "unavailable", missing_weights_hint(spec) + (f"; {reason}" if reason else "")
 
     def list_models(self) -> list[dict[str, Any]]:
+        """A row per model (manifest, then models folder), and one per models-folder model that
+        cannot be used (status `unavailable`, the reason)."""
+        folder = self.folder()
         rows = []
-        for name, spec in self.specs.items():
+        for name, spec in self._specs(folder).items():
             status, reason = self.status(name)
             source = {k: v for k, v in vars(spec.weights).items() if v is not None}
             rows.append(
@@ -160,10 +199,29 @@ class ModelCache:
                     "license": spec.license,
                     "description": spec.description,
                     "weights": source,
+                    "origin": "models_dir" if name in folder else "manifest",
                     "status": status,
                     "reason": reason,
                 }
             )
+        for name, broken in folder.items():
+            if broken.spec is None:
+                rows.append(
+                    {
+                        "name": name,
+                        "architecture": broken.architecture or "unknown",
+                        "params": {},
+                        "image_size": None,
+                        "preprocessing": None,
+                        "labels": [],
+                        "license": "",
+                        "description": f"models folder {name}/",
+                        "weights": {"kind": "folder"},
+                        "origin": "models_dir",
+                        "status": "unavailable",
+                        "reason": broken.reason,
+                    }
+                )
         return rows
 
     def photo_models(self) -> list[str]:

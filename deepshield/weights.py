@@ -308,28 +308,30 @@ class MatchedCheckpoint:
 
 def match_checkpoint(
     state: StateDict,
-    candidates: Iterable[tuple[str, Mapping[str, Any]]],
+    candidates: Iterable[tuple[str, Mapping[str, Any] | None]],
     *,
     preferred_format: str | None = None,
     source: str,
 ) -> MatchedCheckpoint:
     """Find the (architecture, params, format) whose layout this checkpoint matches exactly.
 
-    `candidates` are (architecture name, base params) pairs; each format of each architecture is
-    tried, the preferred one first. Raises WeightsError describing the closest miss.
+    `candidates` are (architecture name, base params) pairs, params None meaning "as the
+    checkpoint's keys and shapes tell" (`Architecture.infer`); each format of each architecture
+    is tried, the preferred one first. Raises WeightsError describing the closest miss.
     """
     best: tuple[int, str] | None = None
     for arch_name, base_params in candidates:
         architecture = get_architecture(arch_name)
         formats: list[CheckpointFormat] = sorted(architecture.formats, key=lambda f: f.name != preferred_format)
         for fmt in formats:
-            params = {**base_params, **fmt.params}
             try:
                 converted = fmt.convert(state)
-            except ValueError as exc:
-                score, problems = len(state), [str(exc)]
+                params = {**(architecture.infer(converted) if base_params is None else base_params), **fmt.params}
+                expected = expected_layout(architecture, params)
+            except (KeyError, ValueError, RuntimeError) as exc:  # not this layout, or shapes no network has
+                score, problems = len(state), [str(exc).strip("'")]
             else:
-                score, problems = layout_difference(converted, expected_layout(architecture, params))
+                score, problems = layout_difference(converted, expected)
                 if not problems:
                     return MatchedCheckpoint(arch_name, fmt.name, params, converted)
             detail = f"as {arch_name}/{fmt.name}: {'; '.join(problems)}"

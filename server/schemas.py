@@ -89,9 +89,9 @@ class ProtectOptions(BaseModel):
         None,
         min_length=1,
         max_length=200,
-        description="A model name from GET /api/v1/models (e.g. cyclegan-vintage), or an architecture name "
-        "(stargan, cyclegan, ganimation, pix2pixhd) meaning the first model of that architecture in the "
-        "manifest. Left out: the server's default model (DEFAULT_MODEL).",
+        description="A model name from GET /api/v1/models (e.g. cyclegan-vintage, or a models-folder model such as stargan), "
+        "or an architecture name (stargan, cyclegan, ganimation, pix2pixhd) meaning the models-folder model of that "
+        "architecture when there is one, else its first manifest entry. Left out: the server's default model (DEFAULT_MODEL).",
     )
     attack_method: AttackMethod = Field(
         "pgd", description="fgsm (one step of size epsilon), ifgsm (iterative signed steps) or pgd (ifgsm from a random start)."
@@ -152,11 +152,37 @@ class BatchImage(BaseModel):
 
 
 class ProtectBatchRequest(ProtectOptions):
-    """Several photos protected with the same options in a background job."""
+    """Several photos protected with the same options, in a background job or (async_processing
+    false) within the request. The options sit at the top level or under `protection_config`
+    (the original service's shape), not both."""
 
     images: list[BatchImage] = Field(
-        ..., min_length=1, description="The photos, at most MAX_BATCH_SIZE. A photo that cannot be decoded becomes an error entry; the others still run."
+        ...,
+        min_length=1,
+        description="The photos, at most MAX_BATCH_SIZE: base64 strings (named image_1, image_2 ...) or {filename, image} objects. "
+        "A photo that cannot be decoded becomes an error entry; the others still run.",
     )
+    protection_config: ProtectOptions | None = Field(None, description="The options (model_type, attack_method, attack_params, ...) as an object instead of at the top level.")
+    async_processing: bool = Field(
+        True, description="true: answer 202 with a task id at once and run a background job; false: answer 200 with the results when they are done."
+    )
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _name_plain_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"filename": f"image_{k + 1}", "image": item} if isinstance(item, str) else item for k, item in enumerate(value)]
+        return value
+
+    @model_validator(mode="after")
+    def _options_in_one_place(self) -> ProtectBatchRequest:
+        if self.protection_config is not None and self.model_fields_set & set(ProtectOptions.model_fields):
+            raise ValueError("give the options either at the top level or under protection_config, not both")
+        return self
+
+    def options(self) -> ProtectOptions:
+        """The options, wherever the request put them."""
+        return self.protection_config or ProtectOptions.model_validate(self.model_dump(include=set(ProtectOptions.model_fields)))
 
 
 class ProtectImageResponse(BaseModel):
@@ -177,6 +203,18 @@ class BatchAccepted(BaseModel):
     status: str = Field(..., description="`queued` at first; then running, completed or failed.")
     total: int = Field(..., description="Number of photos in the job.")
     status_url: str = Field(..., description="Where to poll.")
+
+
+class BatchResults(BaseModel):
+    """A batch run within the request (async_processing false)."""
+
+    status: str = Field(..., description="completed, or failed when every photo failed.")
+    progress: dict[str, int] = Field(..., description="{done, total}.")
+    results: list[dict[str, Any]] = Field(
+        ..., description="Per photo, in order: index, filename, output, status ok with protected_image (base64), mime_type, deepfake_original, "
+        "deepfake_protected, metrics, processing_time; or status error with error and message."
+    )
+    processing_time: float = Field(..., description="Seconds from receiving the request to the response.")
 
 
 class VerifyRequest(BaseModel):

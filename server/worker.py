@@ -21,10 +21,10 @@ import time
 from functools import cache
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 
 from server.jobs.base import FINISHED, INTERRUPTED, JobInput, JobIO, run_job
-from server.jobs.celery_jobs import QUEUE, TASK_NAME
+from server.jobs.celery_jobs import TASK_NAME, make_celery
 from server.jobs.redis_store import RedisJobStore, RedisResultCache
 from server.settings import Settings
 
@@ -32,25 +32,6 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = int(os.environ.get("DEEPSHIELD_LEASE_SECONDS", "30"))  # a dead worker's job shows as queued after this
 MAX_ATTEMPTS = 3  # a job that took its worker down this many times fails instead of looping
-
-
-def make_celery(settings: Settings) -> Celery:
-    """The Celery app of the API (sends tasks) and of the workers (runs them)."""
-    app = Celery("deepshield", broker=settings.broker_url, backend=settings.redis_url or settings.broker_url)
-    app.conf.update(
-        task_default_queue=QUEUE,
-        task_acks_late=True,  # acknowledge when the job finished, not when it started
-        task_reject_on_worker_lost=True,  # a killed worker process puts its job back in the queue
-        worker_prefetch_multiplier=1,  # a worker holds no job it is not running
-        worker_concurrency=settings.worker_concurrency,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        broker_connection_retry_on_startup=True,
-        task_track_started=True,
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
-        result_expires=int(settings.job_retention_hours * 3600),
-    )
-    return app
 
 
 settings = Settings.from_env()
@@ -61,7 +42,7 @@ app = make_celery(settings)
 def _service() -> Any:
     """The engine and protection service of this worker process (built on first use)."""
     from deepshield.engine import Engine
-    from server.rest import ProtectService
+    from server.service import ProtectService
 
     engine = Engine(device=settings.device, max_concurrent=1, max_queue=1)
     return ProtectService(engine, settings)

@@ -25,8 +25,9 @@ from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.manifest import load_manifest
 from server import ui
 from server.settings import Settings
-from tests.conftest import HAIR, REPO, tiny_models
+from tests.conftest import HAIR, REPO, TINY_PARAMS, tiny_models
 from tests.live_server import build_app, running
+from tests.original_layout import save_state
 
 EPSILON = 0.05
 LEVELS = math.floor(EPSILON * 127.5)  # the written 8-bit budget: 6 levels out of 255
@@ -38,26 +39,31 @@ class Served:
     url: str
     engine: Engine
     client: Client
+    models_dir: Path
 
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One server for the module: the real manifest plus two tiny models, already in memory."""
+    """One server for the module: the real manifest plus two tiny models, already in memory, and
+    a models-folder model `folder-stargan` (seen while DEEPSHIELD_MODELS_DIR names its folder)."""
     root = tmp_path_factory.mktemp("gradio-api")
     (root / "models").mkdir()
     specs = {**load_manifest(), **tiny_models(root / "models")}
+    save_state(root / "models" / "folder-stargan" / "200000-G.ckpt", "stargan", TINY_PARAMS["stargan"], seed=7)
+    (root / "models" / "folder-stargan" / "config.json").write_text(json.dumps({"image_size": 32}))
     # max_queue=0: nothing waits inside the engine, so a held slot makes the next request "busy".
     engine = Engine(specs, device="cpu", max_concurrent=1, max_queue=0)
+    settings = Settings(max_concurrent=1, max_queue_size=4, max_batch_size=8, log_level="WARNING")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DEEPSHIELD_MODELS_DIR", str(root / "models"))
         env.setenv("DEEPSHIELD_CACHE_DIR", str(root / "cache"))
         engine.load("tiny-cyclegan")
         engine.load("tiny-stargan")
-    settings = Settings(max_concurrent=1, max_queue_size=4, max_batch_size=8, log_level="WARNING")
-    with running(build_app(engine, settings)) as url:
+        app = build_app(engine, settings)
+    with running(app) as url:
         client = Client(url, verbose=False, download_files=str(root / "downloads"), analytics_enabled=False)
-        yield Served(url, engine, client)
+        yield Served(url, engine, client, root / "models")
 
 
 def photo_file(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -222,6 +228,19 @@ def test_models_lists_the_manifest_with_statuses(served):
     assert str(REPO) not in reasons and "site-packages" not in reasons  # server paths are scrubbed
     if by_name["cyclegan-vintage"]["status"] == "cached":  # loaded by an earlier test: then no reason is given
         assert by_name["cyclegan-vintage"]["reason"] == "weights at .../G_A2B_epoch33.pth"
+
+
+def test_models_folder_models_are_listed_and_protect(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSHIELD_MODELS_DIR", str(served.models_dir))
+    by_name = {row["name"]: row for row in served.client.predict(api_name="/models")}
+    row = by_name["folder-stargan"]
+    assert (row["status"], row["origin"], row["architecture"]) == ("cached", "models_dir", "stargan")
+    assert row["labels"] == [f"label_{i}" for i in range(5)]
+    _, _, _, metrics = served.client.predict(
+        handle_file(photo_file(tmp_path / "in.png", 40, 36)), "folder-stargan", "pgd", EPSILON, 1, 0.01, 0, ["label_3"], api_name="/protect"
+    )
+    assert metrics["model"] == "folder-stargan" and metrics["targets"] == ["label_3"]
+    assert_report(metrics)
 
 
 def _error_of(served: Served, *args, api_name: str = "/protect") -> str:

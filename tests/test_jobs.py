@@ -22,7 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server import rest
+from server.service import ProtectService
 from server.jobs import EmbeddedJobs, JobInput, UnknownTaskError
 from server.settings import Settings
 from tests.conftest import REPO, Served
@@ -178,7 +178,7 @@ def test_a_job_whose_inputs_are_gone_is_marked_interrupted_not_lost(cli_env, tmp
 
 
 def test_finished_jobs_expire_from_disk_and_status(make_engine, tmp_path):
-    service = rest.ProtectService(make_engine(), Settings(default_model="tiny-cyclegan"))
+    service = ProtectService(make_engine(), Settings(default_model="tiny-cyclegan"))
     jobs = EmbeddedJobs(service.process_items, tmp_path / "jobs", ttl_seconds=1.0)
     options = {**FAST, "model_type": "tiny-cyclegan"}
     task_id = jobs.submit([JobInput("a.png", png(32, 32))], options)

@@ -27,7 +27,7 @@ import app as app_module
 from deepshield import attacks
 from deepshield.engine import Engine
 from deepshield.robustness import ROBUSTNESS_KEYS
-from server import rest
+from server import service
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 from tests.conftest import (
@@ -256,8 +256,8 @@ def test_unexpected_errors_are_a_generic_500_and_logged(serve, monkeypatch, capl
 def test_body_over_the_size_limit_is_refused_before_decoding(serve, monkeypatch):
     served = serve(Settings(default_model="tiny-cyclegan", max_image_size_mb=0.05))  # 52 KB per image
     decoded = []
-    real_decode = rest.decode_image
-    monkeypatch.setattr(rest, "decode_image", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    real_decode = service.decode_image
+    monkeypatch.setattr(service, "decode_image", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
     huge = "A" * 200_000
     assert_error(protect(served, huge), 413, "payload_too_large")
     chunked = served.client.post(

@@ -15,6 +15,8 @@ from deepshield.models.registry import (
     CheckpointFormat,
     Generator,
     StateDict,
+    blocks,
+    convs,
     drop_stale_norm_buffers,
     register,
 )
@@ -37,6 +39,12 @@ class ResnetGenerator(Generator):
 def from_vintagify(state_dict: StateDict) -> StateDict:
     """vintagify names the residual blocks' Sequential `block` instead of `conv_block`."""
     return {key.replace(".block.", ".conv_block."): value for key, value in state_dict.items()}
+
+
+def infer_cyclegan(state_dict: StateDict) -> dict[str, int]:
+    """input_nc and ngf from the first conv, output_nc from the last, n_blocks = residual blocks."""
+    layers = convs(state_dict, "model.")
+    return {"input_nc": layers[0][1], "output_nc": layers[-1][0], "ngf": layers[0][0], "n_blocks": blocks(state_dict, "model.", "conv_block.1.weight")}
 
 
 def build_cyclegan(input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, norm_affine: bool = False) -> ResnetGenerator:
@@ -62,5 +70,6 @@ CYCLEGAN = register(
                 {"norm_affine": True},
             ),
         ),
+        infer=infer_cyclegan,
     )
 )

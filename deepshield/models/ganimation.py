@@ -24,6 +24,8 @@ from deepshield.models.registry import (
     CheckpointFormat,
     Generator,
     StateDict,
+    blocks,
+    convs,
     identity,
     register,
 )
@@ -125,6 +127,13 @@ def drop_debug_aliases(state_dict: StateDict) -> StateDict:
     return out
 
 
+def infer_ganimation(state_dict: StateDict) -> dict[str, int]:
+    """conv_dim, c_dim (first conv [conv_dim, 3 + c_dim, 7, 7]) and repeat_num of either body."""
+    body, inner = ("model.", "conv_block.0.weight") if "model.0.weight" in state_dict else ("main.", "main.0.weight")
+    first = convs(state_dict, body)[0]
+    return {"conv_dim": first[0], "c_dim": first[1] - 3, "repeat_num": blocks(state_dict, body, inner)}
+
+
 def build_ganimation(variant: str = "replicate", conv_dim: int = 64, c_dim: int = 17, repeat_num: int = 6) -> GANimationGenerator:
     return GANimationGenerator(variant=variant, conv_dim=conv_dim, c_dim=c_dim, repeat_num=repeat_num)
 
@@ -148,5 +157,6 @@ GANIMATION = register(
                 {"variant": "official"},
             ),
         ),
+        infer=infer_ganimation,
     )
 )

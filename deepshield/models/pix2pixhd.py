@@ -17,6 +17,9 @@ from deepshield.models.registry import (
     Architecture,
     CheckpointFormat,
     Generator,
+    StateDict,
+    blocks,
+    convs,
     drop_stale_norm_buffers,
     register,
 )
@@ -102,6 +105,32 @@ def build_local(
     )
 
 
+def infer_global(state_dict: StateDict) -> dict[str, int]:
+    """Top-level convs: the 7x7 input conv, n_downsampling down and as many up, the 7x7 head."""
+    layers = convs(state_dict, "model.")
+    return {
+        "input_nc": layers[0][1],
+        "output_nc": layers[-1][0],
+        "ngf": layers[0][0],
+        "n_downsampling": (len(layers) - 2) // 2,
+        "n_blocks": blocks(state_dict, "model.", "conv_block.1.weight"),
+    }
+
+
+def infer_local(state_dict: StateDict) -> dict[str, int]:
+    """The enhancer's convs give input_nc, ngf, output_nc; the headless global trunk (input conv,
+    n down, n up) gives n_downsample_global."""
+    enhancer, trunk = convs(state_dict, "model1_1."), convs(state_dict, "model.")
+    return {
+        "input_nc": enhancer[0][1],
+        "output_nc": convs(state_dict, "model1_2.")[-1][0],
+        "ngf": enhancer[0][0],
+        "n_downsample_global": (len(trunk) - 1) // 2,
+        "n_blocks_global": blocks(state_dict, "model.", "conv_block.1.weight"),
+        "n_blocks_local": blocks(state_dict, "model1_2.", "conv_block.1.weight"),
+    }
+
+
 _OFFICIAL = CheckpointFormat(
     "official",
     "NVIDIA/pix2pixHD latest_net_G.pth (running stats of pre-0.4 InstanceNorm dropped if present)",
@@ -109,8 +138,8 @@ _OFFICIAL = CheckpointFormat(
 )
 
 PIX2PIXHD_GLOBAL = register(
-    Architecture("pix2pixhd-global", "pix2pixHD global generator", build_global, (_OFFICIAL,))
+    Architecture("pix2pixhd-global", "pix2pixHD global generator", build_global, (_OFFICIAL,), infer=infer_global)
 )
 PIX2PIXHD_LOCAL = register(
-    Architecture("pix2pixhd-local", "pix2pixHD local enhancer (global generator + 1 enhancer)", build_local, (_OFFICIAL,))
+    Architecture("pix2pixhd-local", "pix2pixHD local enhancer (global generator + 1 enhancer)", build_local, (_OFFICIAL,), infer=infer_local)
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +45,14 @@ class CheckpointFormat:
 
 @dataclass(frozen=True)
 class Architecture:
+    """`infer` reads the builder's parameters from a checkpoint in the canonical layout (what the
+    formats' `convert` returns); it raises KeyError / ValueError when the keys do not fit."""
+
     name: str
     description: str
     build: Callable[..., Generator]
     formats: tuple[CheckpointFormat, ...]
+    infer: Callable[[StateDict], dict[str, Any]]
 
     def format(self, name: str) -> CheckpointFormat:
         for fmt in self.formats:
@@ -73,6 +78,21 @@ def get_architecture(name: str) -> Architecture:
     except KeyError:
         known = ", ".join(sorted(ARCHITECTURES))
         raise KeyError(f"unknown architecture {name!r} (known: {known})") from None
+
+
+def convs(state_dict: StateDict, prefix: str) -> list[tuple[int, ...]]:
+    """Shapes of the conv weights `<prefix><i>.weight` (4-d) in index order (norm weights are 1-d)."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.weight$")
+    found = sorted((int(m.group(1)), tuple(v.shape)) for k, v in state_dict.items() if (m := pattern.match(k)) and v.dim() == 4)
+    if not found:
+        raise KeyError(f"no {prefix}<i>.weight convolutions")
+    return [shape for _, shape in found]
+
+
+def blocks(state_dict: StateDict, prefix: str, inner: str) -> int:
+    """How many modules `<prefix><i>.<inner>` the checkpoint holds (residual blocks)."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.{re.escape(inner)}$")
+    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
 
 
 def identity(state_dict: StateDict) -> StateDict:

@@ -19,6 +19,8 @@ from deepshield.models.registry import (
     CheckpointFormat,
     Generator,
     StateDict,
+    blocks,
+    convs,
     register,
 )
 
@@ -122,6 +124,12 @@ def from_lornatang(state_dict: StateDict) -> StateDict:
     return out
 
 
+def infer_stargan(state_dict: StateDict) -> dict[str, int]:
+    """conv_dim and c_dim from the first conv [conv_dim, 3 + c_dim, 7, 7]; repeat_num = residual blocks."""
+    first = convs(state_dict, "main.")[0]
+    return {"conv_dim": first[0], "c_dim": first[1] - 3, "repeat_num": blocks(state_dict, "main.", "main.0.weight")}
+
+
 def build_stargan(conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6) -> StarGANGenerator:
     return StarGANGenerator(conv_dim=conv_dim, c_dim=c_dim, repeat_num=repeat_num)
 
@@ -143,5 +151,6 @@ STARGAN = register(
                 from_lornatang,
             ),
         ),
+        infer=infer_stargan,
     )
 )

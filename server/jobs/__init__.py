@@ -35,9 +35,8 @@ def create_backend(settings: Settings, process: ItemProcessor, *, workers: int =
     """Celery over Redis when `settings.broker_url` is set (the workers process the photos;
     `process` is unused here), else embedded worker threads storing jobs in DEEPSHIELD_DATA_DIR."""
     if settings.broker_url:
-        from server.jobs.celery_jobs import CeleryJobs
+        from server.jobs.celery_jobs import CeleryJobs, make_celery
         from server.jobs.redis_store import RedisJobStore
-        from server.worker import make_celery
 
         store = RedisJobStore.from_url(settings.redis_url, ttl=int(settings.job_retention_hours * 3600))
         return CeleryJobs(make_celery(settings), store, max_pending=settings.max_queue_size)

@@ -11,10 +11,31 @@ from celery import Celery
 
 from server.jobs.base import RUNNING, JobInput, JobQueueFullError, new_record
 from server.jobs.redis_store import RedisJobStore
+from server.settings import Settings
 
 TASK_NAME = "deepshield.protect_batch"
 QUEUE = "celery"  # Celery's default queue: a Redis list of that name holds the waiting messages
 REQUEUED_NOTE = "the worker running this job stopped; the job is queued again and resumes after its last saved photo on the next free worker"
+
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app of the API (sends tasks) and of the workers (runs them)."""
+    app = Celery("deepshield", broker=settings.broker_url, backend=settings.redis_url or settings.broker_url)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_acks_late=True,  # acknowledge when the job finished, not when it started
+        task_reject_on_worker_lost=True,  # a killed worker process puts its job back in the queue
+        worker_prefetch_multiplier=1,  # a worker holds no job it is not running
+        worker_concurrency=settings.worker_concurrency,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_track_started=True,
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        result_expires=int(settings.job_retention_hours * 3600),
+    )
+    return app
 
 
 class CeleryJobs:
