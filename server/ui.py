@@ -168,10 +168,10 @@ def save_framings(directory: Path, examples: Sequence[tuple[Image.Image, Image.I
         imaging.write_atomic(directory / FRAMINGS_CAPTIONS, json.dumps([caption for _, _, caption in examples]).encode())
 
 
-def load_framings(directory: Path) -> list[tuple[str, str]]:
+def load_framings(directory: Path | None) -> list[tuple[str, str]]:
     """(image path, caption) of the framings `save_framings` wrote in `directory`; [] if none."""
-    captions = directory / FRAMINGS_CAPTIONS
-    if not captions.is_file():
+    captions = directory / FRAMINGS_CAPTIONS if directory is not None else None
+    if captions is None or not captions.is_file():
         return []
     return [(str(directory / f"framing-{k}.png"), caption) for k, caption in enumerate(json.loads(captions.read_text()))]
 
@@ -292,6 +292,7 @@ class OutputStore:
         self.root = root
         self.max_age_s = max_age_s
         self._lock = threading.Lock()
+        self._framings: dict[str, Path] = {}  # sha256 of a protected photo -> its framings folder
 
     def new_dir(self) -> Path:
         with self._lock:
@@ -302,14 +303,20 @@ class OutputStore:
                         shutil.rmtree(old, ignore_errors=True)
                 except OSError:
                     pass
+            self._framings = {digest: folder for digest, folder in self._framings.items() if folder.parent.exists()}
             path = self.root / uuid.uuid4().hex
             path.mkdir(parents=True)
             return path
 
-    def framings_dir(self, protected: Path) -> Path:
-        """The folder of the framings grid of a protected photo, named after its bytes' sha256: the
-        /protect call writes it, the UI's follow-up finds it from Gradio's copy of the photo."""
-        return self.root / f"framings-{hashlib.sha256(protected.read_bytes()).hexdigest()}"
+    def framings_dir(self, protected: Path, *, new: bool = False) -> Path | None:
+        """The folder of the framings grid of a protected photo: made beside the photo by the
+        /protect call (`new`), found again by the UI's follow-up from the bytes of Gradio's copy
+        of the photo; None when there is none."""
+        digest = hashlib.sha256(protected.read_bytes()).hexdigest()
+        with self._lock:
+            if new:
+                self._framings[digest] = protected.parent / "framings"
+            return self._framings.get(digest)
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -502,7 +509,8 @@ class Handlers:
             observability.record_attack(result.metrics["seconds"], options["model"], result.metrics["attack"], engine=self.engine)
             output = self.store.new_dir() / f"{Path(upload.name).stem or 'photo'}.protected.png"
             measured = result.save(output)
-            save_framings(self.store.framings_dir(output), result.framing_examples[:FRAMINGS_SHOWN])
+            if result.framing_examples:
+                save_framings(self.store.framings_dir(output, new=True), result.framing_examples[:FRAMINGS_SHOWN])
             metrics = {**measured, "input": upload.name, "output": output.name}
             return str(output), result.deepfake_original, result.deepfake_protected, metrics
 
