@@ -96,13 +96,13 @@ def objective(
     generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def loss(deltas: list[Tensor]) -> Tensor:
+        perturbed_photos = [photo.perturbed(delta) for photo, delta in zip(photos, deltas, strict=True)]  # once for all models
         per_model = []
         for index, size in enumerate(sizes):
             clean, adversarial, chosen = [], [], []
-            for photo, delta, generator in zip(photos, deltas, generators, strict=True):
+            for photo, perturbed, generator in zip(photos, perturbed_photos, generators, strict=True):
                 height, width = photo.full_shape
                 drawn = threat.sample(height, width, views_per_step, generator, photo.faces[index])
-                perturbed = photo.perturbed(delta)
                 clean += [views.frame(photo.working, v, size, photo.scale) for v in drawn]
                 adversarial += [views.frame(perturbed, v, size, photo.scale) for v in drawn]
                 chosen.append(torch.randint(targets[index], (len(drawn),), generator=generator))

@@ -154,7 +154,10 @@ def smallest_side(height: int, width: int, threat: ThreatModel, faces: Sequence[
 
 def share(rgb: np.ndarray, view: View) -> np.ndarray:
     """The site's copy: uint8 [H, W, 3] -> uint8 [h, w, 3] after the view's downscale (PIL
-    bicubic), blur (PIL Gaussian) and JPEG (PIL, 4:2:0), in that order."""
+    bicubic), blur (PIL Gaussian) and JPEG (PIL, 4:2:0), in that order; `rgb` itself when the
+    view shares nothing (no copy of a large photo per rendered view)."""
+    if view.downscale is None and view.blur is None and view.jpeg is None:
+        return rgb
     image = Image.fromarray(np.ascontiguousarray(rgb))
     if view.downscale is not None:
         size = (max(1, round(image.width * view.downscale)), max(1, round(image.height * view.downscale)))
