@@ -57,10 +57,13 @@ def scan(root: Path | None, reserved: Collection[str]) -> dict[str, FolderModel]
         return {}
     found = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        try:
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        except OSError:  # changing as we look (a copy in progress, a temp file gone): next scan
+            continue
         if folder.name in reserved or not files:
             continue
-        signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
         with _lock:
             cached = _known.get(str(folder))
         if cached is None or cached[0] != signature:
@@ -81,6 +84,8 @@ def describe(folder: Path, files: list[Path]) -> FolderModel:
         reason = str(error)
     except (TypeError, ValueError) as error:
         reason = f"models folder {folder.name!r}: a value in {CONFIG} has the wrong type ({error})"
+    except OSError as error:  # a file went away or cannot be read while we looked
+        reason = f"models folder {folder.name!r} could not be read: {error}"
     return FolderModel(folder.name, None, reason, config.get("architecture"))
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,32 @@ def test_folders_that_cannot_be_understood_are_listed_as_unavailable(models_dir:
     assert engine.specs == {} and engine.status("garbage")[0] == "unavailable"
     with pytest.raises(WeightsError, match="cannot be used"):
         engine.load("garbage")
+
+
+def test_files_appearing_and_vanishing_while_listing_never_break_it(models_dir: Path):
+    """A server's temp folders (or a copy in progress) under the models folder change while
+    /health lists the models: a file gone between listing and stat is skipped, not an error."""
+    save_state(models_dir / "steady" / "g.pth", "cyclegan", TINY_PARAMS["cyclegan"], seed=0)
+    churn = _mkdir(models_dir / "temp-files")
+    stop = threading.Event()
+
+    def churn_files() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            path = churn / f"{i % 50}.tmp"
+            path.write_bytes(b"x")
+            path.unlink()
+
+    thread = threading.Thread(target=churn_files)
+    thread.start()
+    engine = Engine({}, device="cpu")
+    try:
+        listings = [set(engine.specs) for _ in range(300)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(names == {"steady"} for names in listings)
 
 
 def _mkdir(path: Path) -> Path:
