@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from deepshield.errors import DeepshieldError
 
@@ -234,6 +235,25 @@ def select(found: Sequence[FaceBox], indices: Sequence[int] | None) -> list[Face
     if bad and found:
         raise ValueError(f"faces={bad} out of range: {len(found)} face(s) were found, numbered 0 to {len(found) - 1}")
     return [found[i] for i in chosen if 0 <= i < len(found)]
+
+
+def draw(rgb: np.ndarray, found: Sequence[FaceBox], *, max_side: int = 1024) -> Image.Image:
+    """The photo uint8 [H, W, 3] (shrunk to `max_side` for display) with each face's box, its
+    number (the index `faces=[...]` takes) and its five landmarks drawn."""
+    image = Image.fromarray(rgb if rgb.ndim == 3 else np.dstack([rgb] * 3))
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    pen = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    for index, face in enumerate(found):
+        box = [face.x0 * scale, face.y0 * scale, face.x1 * scale, face.y1 * scale]
+        pen.rectangle(box, outline=(0, 255, 0), width=width)
+        pen.text((box[0] + width, box[1] + width), str(index), fill=(255, 255, 0), font=ImageFont.load_default(size=max(12, 8 * width)))
+        for x, y in face.landmarks:
+            r = width
+            pen.ellipse([x * scale - r, y * scale - r, x * scale + r, y * scale + r], fill=(255, 0, 0))
+    return image
 
 
 # ------------------------------------------------------------------ crop geometry

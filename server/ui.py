@@ -27,6 +27,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from deepshield import faces as face_detection
 from deepshield import imaging, png
 from deepshield.attacks import STRENGTHS
 from deepshield.engine import DEFAULT_MODEL, Engine
@@ -125,6 +126,17 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     params |= {"detect_faces": options["detect_faces"], "robust": options["robust"] or "off", "check_robustness": options["check_robustness"]}
     return {"model_type": options["model"], "attack_method": options["attack"], "attack_params": {**budget, **params},
             "output_format": "png", "return_deepfakes": False}
+
+
+def _face_numbers(value: Any) -> list[int] | None:
+    """/protect's `faces` (a list of numbers, or "0,2") -> engine `faces`; empty or None: all."""
+    if value in (None, "", []):
+        return None
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+    try:
+        return [int(p) for p in parts if str(p).strip() != ""]
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"faces must be face numbers (0, 1, ...) as the report lists them, got {value!r}") from None
 
 
 def _attack_options(
@@ -486,12 +498,15 @@ class Handlers:
         robust: Any = DEFAULT_ROBUST,
         check_robustness: Any = True,
         ssim_floor: Any = 0,
+        faces: Any = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, Image.Image, Image.Image, dict[str, Any]]:
         """Protect one photo. Returns (protected PNG, deepfake of the original, deepfake of the
         protected photo, report with `perturbation` and `disruption` measured on the PNG, the
-        `faces` protected and, with check_robustness, `robustness` after real transformations)."""
+        `faces` found (box, landmarks, score, protected or not) and, with check_robustness,
+        `robustness` after real transformations). `faces`: numbers of the faces to protect, as the
+        report numbers them; empty or None: every face."""
         with _user_errors(), self.engine.caller_queue():
             self._rate_limit(request)
             upload = uploads.from_payload(image, _upload_root())
@@ -499,6 +514,7 @@ class Handlers:
             options = _attack_options(
                 model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
             )
+            options["faces"] = _face_numbers(faces)
             self._require_local_weights(options["model"])
             progress(0.0, desc=f"loading {options['model']}")
 
@@ -513,6 +529,18 @@ class Handlers:
                 save_framings(self.store.framings_dir(output, new=True), result.framing_examples[:FRAMINGS_SHOWN])
             metrics = {**measured, "input": upload.name, "output": output.name}
             return str(output), result.deepfake_original, result.deepfake_protected, metrics
+
+    def faces_found(self, image: str | None) -> tuple[Image.Image | None, Any]:
+        """UI: the original with the faces found drawn and numbered, and one ticked checkbox per
+        face (what /protect's `faces` takes)."""
+        if not image:
+            return None, gr.update(choices=[], value=[], visible=False)
+        with _user_errors():
+            rgb = imaging.load_photo(image).rgb
+            found = face_detection.detect_faces(rgb)
+        choices = [(f"face {i}: {f.width}x{f.height} px at ({f.x0}, {f.y0}), score {f.score:.2f}", i) for i, f in enumerate(found)]
+        drawn = face_detection.draw(rgb, found)
+        return drawn, gr.update(choices=choices, value=[i for _, i in choices], visible=bool(found))
 
     def protect_details(self, original: str | None, protected: str | None, metrics: dict[str, Any] | None) -> tuple[Any, ...]:
         """UI extras after /protect: amplified perturbation, metrics table, download, dropdowns."""
@@ -797,6 +825,11 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                                                              max_height=720, column_widths=["55%", "45%"], elem_id="metrics-table")
                                 download = gr.File(label="Download the protected photo (lossless PNG)", interactive=False,
                                                    elem_id="protected-download")
+                        with gr.Row():
+                            faces_drawn = gr.Image(type="pil", format="png", label="Faces found (numbered; the ticked ones are protected)",
+                                                   interactive=False, elem_id="faces-found")
+                            faces_choice = gr.CheckboxGroup([], value=[], label="Faces to protect (face models; none ticked = every face)",
+                                                            visible=False, elem_id="faces-choice")
                         framings_gallery = gr.Gallery(
                             label="Unseen framings of a deepfake maker: deepfake of the original | of the protected photo",
                             columns=FRAMINGS_SHOWN // 2, object_fit="contain", height="auto", format="png", interactive=False,
@@ -874,12 +907,13 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                 gr.Markdown(_about_markdown())
 
         dropdowns = [protect_controls.model, batch_controls.model, models_choice]
+        image_in.change(handlers.faces_found, inputs=image_in, outputs=[faces_drawn, faces_choice], show_progress="hidden", **private)
 
         # Public API (DESIGN.md s.3): /protect, /protect_batch, /models. Raw inputs: the handlers
         # validate them with the engine's own messages (a bad image is a gr.Error, not a traceback).
         protect_button.click(
             handlers.protect,
-            inputs=[image_in, *protect_controls.api_inputs()],
+            inputs=[image_in, *protect_controls.api_inputs(), faces_choice],
             outputs=[protected_out, fake_original, fake_protected, metrics_json],
             api_name="protect", preprocess=False, **engine_events,
         ).success(
