@@ -89,7 +89,7 @@ def test_the_api_page_lists_exactly_the_endpoints_in_the_fixed_order(served):
     endpoints = info["named_endpoints"]
     assert set(endpoints) == {"/protect", "/protect_batch", "/verify", "/models"}
     options = ["model", "attack", "epsilon", "iterations", "step_size", "seed", "targets", "detect_faces", "robust", "check_robustness", "ssim_floor"]
-    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options]
+    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options, "faces"]
     assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]] == ["images", *options]
     assert [p["parameter_name"] for p in endpoints["/verify"]["parameters"]] == ["original", "shared", "models"]
     assert len(endpoints["/protect"]["returns"]) == 4 and len(endpoints["/protect_batch"]["returns"]) == 3
@@ -352,3 +352,15 @@ def test_gradio_refuses_uploads_above_a_full_batch_zip(make_engine):
         refused = httpx.post(upload, files={"files": ("huge.zip", b"x" * (limit + 1024))}, timeout=30)
     assert accepted.status_code == 200, accepted.text
     assert refused.status_code == 413, refused.text
+
+
+def test_protect_takes_face_numbers_last(served, tmp_path):
+    """/protect's last parameter `faces` (issue 16): face numbers to protect; a photo with no face
+    reports none whatever was chosen, and a value that is not a number is a clear error."""
+    source = photo_file(tmp_path / "p.png", 40, 40, seed=3)
+    *_, metrics = served.client.predict(
+        handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, [], True, "off", False, 0, [0], api_name="/protect"
+    )
+    assert metrics["faces"] == [] and metrics["crop"] == "centre"
+    error = _error_of(served, handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, [], True, "off", False, 0, "left")
+    assert "face numbers" in error
