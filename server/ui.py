@@ -230,6 +230,7 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
         ["robust attack", _fmt(metrics.get("robust") or "off")],
         ["seed", _fmt(metrics.get("seed"))],
         ["region protected", _region(metrics)],
+        *_face_rows(metrics),
     ]
     if "perceptual" in metrics:
         q = metrics["perceptual"]
@@ -253,9 +254,19 @@ def _region(metrics: dict[str, Any]) -> str:
     if metrics.get("robust") == "framing":
         return "the whole photo, for any framing"
     found = metrics.get("faces") or []
-    if found:
-        return f"{len(found)} face{'s' if len(found) > 1 else ''}: " + "; ".join(str(f["box"]) for f in found)
+    chosen = [f for f in found if f.get("protected", True)]
+    if chosen:
+        return f"{len(chosen)} of {len(found)} face{'s' if len(found) > 1 else ''}: " + ", ".join(f"face {f.get('index', i)}" for i, f in enumerate(chosen))
     return metrics.get("note") or "the centred square"
+
+
+def _face_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """One metrics-table row per face found: box, score, protected or left out."""
+    rows = []
+    for i, face in enumerate(metrics.get("faces") or []):
+        state = "protected" if face.get("protected", True) else "left out"
+        rows.append([f"face {face.get('index', i)}", f"box {face['box']}, score {_fmt(face.get('score'), 2)}, {state}"])
+    return rows
 
 
 REPORT_COLUMNS = ["input", "output", "faces", "linf_255", "psnr", "ssim", "mse", "disrupted", "mse after JPEG 75", "seconds"]

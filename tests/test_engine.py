@@ -355,3 +355,16 @@ def test_a_pass_that_runs_out_of_memory_is_split_not_failed(engine, monkeypatch)
     monkeypatch.setattr(type(model), "forward", never_fits)
     with pytest.raises(OutOfMemoryError, match="one photo does not fit"):
         engine.protect(images[0], model="tiny-cyclegan", iterations=1)
+
+
+def test_python_api_passes_faces_to_the_engine(models_dir, monkeypatch):
+    """`deepshield.protect(..., faces=[0])` (the public Python API, on the process-wide engine)."""
+    import deepshield
+    from deepshield import engine as engine_module
+    from tests.conftest import FACES
+
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
+    monkeypatch.setattr(engine_module, "_DEFAULT_ENGINE", Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu"))
+    result = deepshield.protect(FACES / "face_008.jpg", model="tiny-face", iterations=1, seed=0, targets=["Male"], faces=[0])
+    assert [f["protected"] for f in result.metrics["faces"]] == [True, False]
