@@ -1,6 +1,6 @@
 """Face detectors side by side on the labelled photos: counts, misses, extra faces, box IoU, time.
 
-    python bench/face_detectors.py [--repeats 3] [--candidates haar,yunet]
+    python bench/face_detectors.py [--repeats 3] [--candidates haar,yunet,mtcnn]
 
 Labels: ../shared/data/faces-detect/LABELS.tsv (counts; boxes for the PASCAL VOC photos) and
 bench/faces_dev_labels.tsv (counts of the 20 development photos, counted by eye). A labelled box
@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import haar_baseline  # noqa: E402
+import mtcnn_candidate  # noqa: E402
 from photos import FACES_DEV  # noqa: E402
 
 from deepshield import faces  # noqa: E402
@@ -36,6 +37,7 @@ DEV_LABELS = Path(__file__).resolve().parent / "faces_dev_labels.tsv"
 CANDIDATES: dict[str, Callable[[np.ndarray], list[FaceBox]]] = {
     "haar": haar_baseline.detect_faces,  # deepshield before issue 16
     "yunet": faces.detect_faces,  # yuface (libfacedetection), deepshield's detector since issue 16
+    "mtcnn": mtcnn_candidate.detect_faces,  # facenet-pytorch's weights, our own networks
 }
 
 

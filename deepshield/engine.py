@@ -277,7 +277,9 @@ class Engine:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
         loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
         ensemble = Ensemble(loaded, [self._cache.model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
-        chosen = None if faces is None else tuple(sorted({int(i) for i in faces}))
+        if faces is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in faces):
+            raise InvalidParameterError(f"faces takes face numbers (0, 1, ...) as the report lists them, got {faces!r}")
+        chosen = None if faces is None else tuple(sorted(set(faces)))
         chunk_options = {"detect_faces": detect_faces, "faces": chosen, "robust": robust, "check_robustness": check_robustness, "ssim_floor": ssim_floor}
         key = repr((names, config, tuple(targets or ()), image_size, str(weights) if weights else None, sorted(chunk_options.items())))
         return Plan(config, ensemble, chunk_options, key)

@@ -12,7 +12,9 @@ Pipeline (`detect_faces`):
 1. The photo is downscaled with area averaging so its longest side is at most `MAX_SIDE` (960 px,
    the largest input libfacedetection is tuned for; larger inputs lowered the score of a face
    filling a 1200 px portrait below the threshold). YuNet finds faces down to about 16 px of that
-   copy: 1.7% of the photo's longest side, about 70 px in a 4000x3000 (12 MP) photo.
+   copy (1.7% of the photo's longest side). Photos longer than 2133 px get a second pass at 0.45
+   scale for the faces too small for the first (`SMALL_FACE_SCALE`): a 40 px face is found in a
+   12 MP photo.
 2. Detections scoring at least `MIN_SCORE` are kept (YuNet applies its own non-maximum
    suppression), mapped back to full-resolution pixels, clipped, sorted left to right.
 
@@ -54,6 +56,16 @@ MAX_SIDE = 960
 """Longest side (px) of the copy YuNet runs on (faces down to about 16 px of it are found);
 1280 px and the full resolution lowered the score of the
 face filling face_004 (1200 px) to 0.74 and missed it (bench/RESULTS.md)."""
+
+SMALL_FACE_SCALE = 0.45
+"""Photos whose longest side is over `MAX_SIDE / SMALL_FACE_SCALE` (2133 px) get a second pass
+on a copy at this scale, so a 40 px face keeps 18 px, above YuNet's smallest; only faces too
+small for the first copy (under `SMALL_FACE_PX` there) and not found by it are taken from it.
+A 12 MP photo (4000x3000) takes 0.8 s in all on the build machine, 2x faster than the
+cascades were (bench/RESULTS.md)."""
+
+SMALL_FACE_PX = 32
+"""Faces under this size (px of the first, `MAX_SIDE` copy) are the second pass's to find."""
 
 MIN_SCORE = 0.8
 """Smallest YuNet score (0-1) kept. On the 30 labelled photos every face scores >= 0.86 at
@@ -181,7 +193,23 @@ def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float 
 
     height, width = rgb.shape[:2]
     bgr = cv2.cvtColor(rgb, cv2.COLOR_GRAY2BGR) if rgb.ndim == 2 else np.ascontiguousarray(rgb[:, :, ::-1])
-    scale = min(1.0, max_side / max(height, width))
+    longest = max(height, width)
+    scale = min(1.0, max_side / longest)
+    found = _detect_at(bgr, scale, min_score)
+    if SMALL_FACE_SCALE * longest > max_side:  # a large photo: small faces from a finer copy
+        blind = SMALL_FACE_PX / scale  # full-resolution size below which the first copy misses faces
+        for face in _detect_at(bgr, SMALL_FACE_SCALE, min_score):
+            if max(face.width, face.height) < blind and all(box_iou(face, other) < 0.3 for other in found):
+                found.append(face)
+    return sorted(found, key=lambda b: (b.x0, b.y0, b.x1, b.y1))
+
+
+def _detect_at(bgr: np.ndarray, scale: float, min_score: float) -> list[FaceBox]:
+    """YuNet on a copy of bgr [H, W, 3] scaled by `scale` (<= 1, area averaging); faces scoring
+    at least `min_score`, in full-resolution pixels of bgr."""
+    import cv2
+
+    height, width = bgr.shape[:2]
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
@@ -199,7 +227,7 @@ def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float 
         marks = tuple(((float(row[5 + 2 * i]) + 0.5) * sx - 0.5, (float(row[6 + 2 * i]) + 0.5) * sy - 0.5) for i in range(5))
         if x1 > x0 and y1 > y0:
             found.append(FaceBox(x0, y0, x1, y1, score, marks))
-    return sorted(found, key=lambda b: (b.x0, b.y0, b.x1, b.y1))
+    return found
 
 
 def _yunet(bgr: np.ndarray) -> np.ndarray:

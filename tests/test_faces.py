@@ -407,3 +407,18 @@ def test_crop_of_a_detected_face_feeds_the_model() -> None:
     assert region.shape == (side, side, 3)
     assert _contains((top, left, side), face, slack=side // 20)
     assert 0.55 < max(face.width, face.height) / side < 0.8  # YuNet's box is 0.67 of the square on CelebA crops
+
+
+def test_small_faces_in_a_12_megapixel_photo() -> None:
+    """Six faces of about 45 px in a 4000x3000 photo (12 px in the 960 px copy, below YuNet's
+    smallest) are found by the second, finer pass, and nothing else is."""
+    face = _photo(FACES / "face_011.jpg")
+    small = cv2.resize(face, (90, 110), interpolation=cv2.INTER_AREA)  # a face box of about 45x58 px
+    canvas = np.full((3000, 4000, 3), 128, np.uint8)
+    spots = [(400 + 1200 * (i % 3), 700 + 1300 * (i // 3)) for i in range(6)]
+    for x, y in spots:
+        canvas[y : y + 110, x : x + 90] = small
+    found = detect_faces(canvas)
+    assert len(found) == 6
+    assert all(35 < max(f.width, f.height) < 80 for f in found)
+    assert faces.detect_faces(canvas[:1500, :2000]) != []  # 2000 px: one pass, still finds the 45 px faces
