@@ -28,13 +28,15 @@ carries the roll as `Square.angle`, which the framing threat model (`views.Threa
 jitters around.
 
 Bad cases (tested in tests/test_faces.py):
-- no face (or only faces below about 16 px of the 960 px copy): `[]`; the caller falls back to the largest
-  centred square and says so in the report;
+- no face (or only faces under about 16 px in the 960 px copy): `[]`; the caller falls back to
+  the largest centred square and says so in the report;
 - a face cut by the photo's border: its box is clipped to the photo, its landmarks may lie
   outside it (YuNet predicts them), and the model's square is moved back inside the photo;
-- a profile face: found when YuNet scores it high enough (turned up to about 60-70 degrees); the
-  landmark fit then mostly follows nose, mouth and the visible eye, so the square is centred on
-  the face but its scale is less exact.
+- a turned or profile face: YuNet (trained on WIDER FACE, which has profiles) finds the
+  three-quarter turned faces of the labelled photos (face_012's laughing man, missed by the
+  cascades); a face seen from one side only (half a face, one eye) is found or not by its score,
+  never a crash; when found, the landmark fit follows nose, mouth and the visible eye, so the
+  square is centred on the face but its scale and roll are less exact.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ from deepshield.errors import DeepshieldError
 
 MAX_SIDE = 960
 """Longest side (px) of the copy YuNet runs on (faces down to about 16 px of it are found);
-1280 px and the full resolution lowered the score of the
-face filling face_004 (1200 px) to 0.74 and missed it (bench/RESULTS.md)."""
+1280 px and the full resolution lowered the score of the face filling face_004 (1200 px) to
+0.74, a miss."""
 
 SMALL_FACE_SCALE = 0.45
 """Photos whose longest side is over `MAX_SIDE / SMALL_FACE_SCALE` (2133 px) get a second pass

@@ -742,12 +742,13 @@ protected, fake_original, fake_protected, metrics = client.predict(
     handle_file("me.jpg"), "cyclegan-vintage", "pgd", 0.05, 10, 0.01,   # image, model, attack, epsilon, iterations, step_size
     -1, [],                                                             # seed (-1 = random), targets (conditional models; [] = all)
     True, "framing", True, 0,   # detect faces, robust ("framing" | "off" | "eot" | "spread-spectrum"), check robustness, SSIM floor (0 = off)
+    [],                         # faces: numbers of the faces to protect, as metrics["faces"] numbers them ([] = every face)
     api_name="/protect",
 )
 print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["framings"])
 gallery, zip_path, report = client.predict(
     [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
-    api_name="/protect_batch",            # the same trailing options as /protect may follow
+    api_name="/protect_batch",            # the same trailing options as /protect may follow (all but faces)
 )
 pairs, verdict = client.predict(handle_file("me.jpg"), handle_file("me-from-the-site.jpg"), [], api_name="/verify")
 models = client.predict(api_name="/models")   # as `python -m deepshield models --json`
