@@ -824,6 +824,11 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                             )
                             protected_out = gr.Image(type="filepath", format="png", label="Protected (PNG, full resolution)",
                                                      interactive=False, elem_id="protected-image")
+                        with gr.Row():
+                            faces_drawn = gr.Image(type="pil", format="png", label="Faces found (numbered; the ticked ones are protected)",
+                                                   interactive=False, elem_id="faces-found")
+                            faces_choice = gr.CheckboxGroup([], value=[], label="Faces to protect (face models; none ticked = every face)",
+                                                            visible=False, elem_id="faces-choice")
                         with gr.Row(equal_height=True):
                             fake_original = gr.Image(type="pil", format="png", label="Deepfake of the original",
                                                      interactive=False, elem_id="deepfake-original")
@@ -837,11 +842,6 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                                                              max_height=720, column_widths=["55%", "45%"], elem_id="metrics-table")
                                 download = gr.File(label="Download the protected photo (lossless PNG)", interactive=False,
                                                    elem_id="protected-download")
-                        with gr.Row():
-                            faces_drawn = gr.Image(type="pil", format="png", label="Faces found (numbered; the ticked ones are protected)",
-                                                   interactive=False, elem_id="faces-found")
-                            faces_choice = gr.CheckboxGroup([], value=[], label="Faces to protect (face models; none ticked = every face)",
-                                                            visible=False, elem_id="faces-choice")
                         framings_gallery = gr.Gallery(
                             label="Unseen framings of a deepfake maker: deepfake of the original | of the protected photo",
                             columns=FRAMINGS_SHOWN // 2, object_fit="contain", height="auto", format="png", interactive=False,
