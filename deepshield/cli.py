@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--no-faces", dest="detect_faces", action="store_false",
                          help="face models: protect the centred square instead of every detected face")
     protect.add_argument("--faces", type=_indices, metavar="I,J,...",
-                         help="face models: protect only these faces, numbered left to right from 0 as the report's `faces` list them")
+                         help="face models: protect only these faces, numbered left to right from 0 as the report's `faces` list them "
+                              "(the same numbers for every input photo)")
     protect.add_argument("--report", help="write a JSON list with one report per image")
     protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
     protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")

@@ -60,7 +60,7 @@ class AttackParams(BaseModel):
         None,
         min_length=1,
         description="Face models: protect only these faces, numbered from 0 left to right as the report's `faces` lists them "
-        "(each with its box, landmarks and score). All faces when left out.",
+        "(each with its box, landmarks and score); in a batch, the same numbers for every photo. All faces when left out.",
     )
     robust: RobustMode = Field(
         "off",

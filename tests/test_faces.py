@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepshield import faces, views
@@ -124,7 +125,7 @@ def test_a_tilted_face_is_levelled(turn: float) -> None:
 def test_face_jitter_is_centred_on_the_aligned_square() -> None:
     """The threat model's face views turn around the face's roll, not around upright."""
     square = Square(100, 200, 300, angle=30.0)
-    drawn = views.DEFAULT_THREAT_MODEL.sample(1000, 1000, 200, __import__("torch").Generator().manual_seed(0), [square])
+    drawn = views.DEFAULT_THREAT_MODEL.sample(1000, 1000, 200, torch.Generator().manual_seed(0), [square])
     angles = [v.angle for v in drawn]
     assert min(angles) >= 30 - views.DEFAULT_THREAT_MODEL.face_angle and max(angles) <= 30 + views.DEFAULT_THREAT_MODEL.face_angle
     assert abs(np.mean([v.cx for v in drawn]) - 350) < 10 and abs(np.mean([v.cy for v in drawn]) - 250) < 10
