@@ -34,9 +34,9 @@ Bad cases (tested in tests/test_faces.py):
   outside it (YuNet predicts them), and the model's square is moved back inside the photo;
 - a turned or profile face: YuNet (trained on WIDER FACE, which has profiles) finds the
   three-quarter turned faces of the labelled photos (face_012's laughing man, missed by the
-  cascades; `test_a_three_quarter_turned_face_is_found`); a face seen from one side only (half a face, one eye) is found or not by its score,
-  never a crash; when found, the landmark fit follows nose, mouth and the visible eye, so the
-  square is centred on the face but its scale and roll are less exact.
+  cascades); a face seen from one side only (half a face, one eye) is found or not by its
+  score, never a crash; when found, the landmark fit follows nose, mouth and the visible eye,
+  so the square is centred on the face but its scale and roll are less exact.
 """
 
 from __future__ import annotations
