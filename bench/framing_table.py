@@ -96,7 +96,7 @@ def main() -> int:
                                         step_size=epsilon / 5, seed=index, robust=None if mode == "plain" else mode)
                 seconds.append(time.perf_counter() - started)
                 m = result.metrics
-                faces = [tuple(b) for b in _face_squares(m, photo.rgb, args.model, engine)] if face_model else []
+                faces = _face_squares(m, photo.rgb, args.model, engine) if face_model else []
                 columns = measure(engine, args.model, photo.rgb, result.protected_rgb, faces, index, args.views)
                 cells["own"].append(m["disruption"]["mse"])
                 for name, values in columns.items():
@@ -130,7 +130,7 @@ def _face_squares(metrics: dict, rgb: np.ndarray, model: str, engine: Engine) ->
     """The model's crop of each face the report lists (what the maker's aligner would centre on)."""
     crop = engine.spec(model).face_crop
     height, width = rgb.shape[:2]
-    return [face_detection.crop_box(face_detection.FaceBox(*f["box"]), width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0))
+    return [face_detection.crop_box(face_detection.FaceBox.from_dict(f), width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0))
             for f in metrics.get("faces") or []]
 
 

@@ -40,7 +40,8 @@ def protect(
     """Protect one photo (path, bytes or PIL image). Returns `.protected`, `.deepfake_original`,
     `.deepfake_protected` (PIL images) and `.metrics` (the CLI report fields). `epsilon` may be a
     strength preset (low / medium / high); further options as `Engine.protect_batch`:
-    detect_faces, robust ("eot" | "spread-spectrum" | "framing"), check_robustness, ssim_floor, ..."""
+    detect_faces, faces (indices of the faces to protect, as numbered in the report's `faces`),
+    robust ("eot" | "spread-spectrum" | "framing"), check_robustness, ssim_floor, ..."""
     return default_engine().protect(
         image,
         model=model,

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="report the disruption after real JPEG 90/75/50, resize, blur, a shifted crop, and in unseen framings")
     protect.add_argument("--no-faces", dest="detect_faces", action="store_false",
                          help="face models: protect the centred square instead of every detected face")
+    protect.add_argument("--faces", type=_indices, metavar="I,J,...",
+                         help="face models: protect only these faces, numbered left to right from 0 as the report's `faces` list them "
+                              "(the same numbers for every input photo)")
     protect.add_argument("--report", help="write a JSON list with one report per image")
     protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
     protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
@@ -85,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", metavar="DST")
     convert.add_argument("--model", help="manifest model the checkpoint belongs to (default: detect)")
     return parser
+
+
+def _indices(text: str) -> list[int]:
+    """`--faces 0,2` -> [0, 2] (face numbers as the report lists them)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected face numbers separated by commas, like 0,2; got {text!r}") from None
 
 
 def _print_models(engine: Engine, as_json: bool) -> None:
@@ -148,6 +159,7 @@ def _protect(args: argparse.Namespace) -> None:
                 weights=args.weights,
                 batch_size=args.batch_size,
                 detect_faces=args.detect_faces,
+                faces=args.faces,
                 robust=args.robust,
                 check_robustness=args.check_robustness,
                 ssim_floor=args.ssim_floor,

@@ -203,7 +203,8 @@ class Engine:
         split: in fp32 the same photo within one 8-bit level; under bf16 a batch rounds
         differently, so a few % of the values differ (the disruption does not).
         Face models (manifest `face_crop`) protect every detected face unless `detect_faces`
-        is False; other models, and photos without a face, use the largest centred square.
+        is False, or only the faces numbered in `faces` (indices in the report's left-to-right
+        `faces` list); other models, and photos without a face, use the largest centred square.
         `robust`: "eot" optimises the loss through differentiable sharing transformations, one
         per iteration in a cycle (`transforms.sharing_transforms`); "spread-spectrum" cycles
         blurs (the paper's variant against blur); "framing" perturbs the whole photo and
@@ -250,6 +251,7 @@ class Engine:
         image_size: int | None = None,
         weights: str | os.PathLike[str] | None = None,
         detect_faces: bool = True,
+        faces: Sequence[int] | None = None,
         robust: str | None = None,
         check_robustness: bool = False,
         ssim_floor: float | None = None,
@@ -275,7 +277,10 @@ class Engine:
             raise InvalidParameterError("targets apply to a single conditional model, not an ensemble")
         loaded = [self.load(n, weights=weights, allow_download=allow_download) for n in names]
         ensemble = Ensemble(loaded, [self._cache.model_size(m, image_size) for m in loaded], [m.conditions(targets) for m in loaded])
-        chunk_options = {"detect_faces": detect_faces, "robust": robust, "check_robustness": check_robustness, "ssim_floor": ssim_floor}
+        if faces is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in faces):
+            raise InvalidParameterError(f"faces takes face numbers (0, 1, ...) as the report lists them, got {faces!r}")
+        chosen = None if faces is None else tuple(sorted(set(faces)))
+        chunk_options = {"detect_faces": detect_faces, "faces": chosen, "robust": robust, "check_robustness": check_robustness, "ssim_floor": ssim_floor}
         key = repr((names, config, tuple(targets or ()), image_size, str(weights) if weights else None, sorted(chunk_options.items())))
         return Plan(config, ensemble, chunk_options, key)
 
@@ -343,7 +348,7 @@ class Engine:
                 _, conditions = model.conditions(targets)
                 size = self._cache.model_size(model, None)
                 deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
-                (boxes,), found = model_squares(baseline, [model], detect_faces)
+                (boxes,), found, _ = model_squares(baseline, [model], detect_faces)
                 outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
                 against_baseline = [metrics.disruption_metrics(fake, ref) for _, ref, fake in outputs]
                 mse = float(np.mean([m["mse"] for m in against_baseline]))
@@ -354,7 +359,7 @@ class Engine:
                         l1=float(np.mean([m["l1"] for m in against_baseline])),
                         disrupted=mse > metrics.DISRUPTION_THRESHOLD,
                         mse_vs_clean=float(np.mean([metrics.disruption_metrics(fake, clean)["mse"] for clean, _, fake in outputs])),
-                        faces=[{"box": f.as_list()} for f in found],
+                        faces=[f.as_dict() for f in found],
                         deepfake_baseline=Image.fromarray(imaging.to_uint8(outputs[0][1][0])),
                         deepfake_shared=Image.fromarray(imaging.to_uint8(outputs[0][2][0])),
                     )

@@ -1,110 +1,123 @@
-"""Find faces in photos and place the square crop a face model is fed.
+"""Find faces in photos, with five landmarks each, and place the aligned square a face model is fed.
 
-Detection uses the Viola-Jones Haar cascades that ship inside the `opencv-python-headless`
-wheel (`cv2.data.haarcascades`, OpenCV 4.x; OpenCV 5 dropped `CascadeClassifier`), so nothing
-is downloaded at run time and the result is deterministic. It is a recall-oriented classic
-detector: fast enough on a CPU, good on upright frontal and near-profile faces, blind to faces
-smaller than `min_face` of the photo or turned further than about 45 degrees. When it finds
-nothing the caller falls back to the whole-image centred square (`imaging.center_square`).
+Detector: YuNet (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", 2023) as built
+into libfacedetection, whose network weights are compiled into the shared library of the `yuface`
+wheel (BSD-3-Clause; 1 MB; nothing downloaded at run time). It returns, per face, a box, a score
+and five landmarks. It was chosen over OpenCV's Haar cascades (the detector before issue 16),
+MTCNN and MediaPipe after a side-by-side evaluation on labelled photos: `bench/face_detectors.py`,
+figures in `bench/RESULTS.md`.
 
 Pipeline (`detect_faces`):
 
-1. Grayscale, downscaled with area averaging so the longest side is at most `max_side`
-   (1024 px): cascades see 24x24 windows, so detail beyond that only costs time; histogram
-   equalised, as in OpenCV's own face-detection sample (evens out exposure).
-2. Frontal cascade (`haarcascade_frontalface_default`: the best recall of the shipped frontal
-   cascades on the development photos, 5 of 8 faces in a group photo where `alt`/`alt2` find 3)
-   plus the profile cascade on the image and on its mirror image (it only knows faces looking
-   to one side). Each returns raw hits (`minNeighbors=0`) grouped with `cv2.groupRectangles`,
-   so every box carries its neighbour count, the number of overlapping raw hits merged into
-   it: the classic Viola-Jones confidence, comparable between cascades (the `levelWeights` of
-   `detectMultiScale3` are not: they saturate near 108 for the `alt` cascades).
-3. Only when nothing is found, a portrait fallback: the two profile passes on copies rotated by
-   +-20 degrees, keeping only faces at least `FALLBACK_MIN_FACE` (30%) of the shorter side, boxes
-   mapped back by their centre. It recovers a tilted, bowed, half-turned head filling the frame
-   (CelebA face_001 of the development set). The rotated *frontal* cascade is left out on
-   purpose: on 23 face-free images (20 scikit-image samples, noise, a gradient, the drawn
-   portrait of examples/) rotated frontal passes fired on 12 (a cup, a cat, a rocket, bricks,
-   coins, cells ...), the rotated profile passes limited to large faces on none.
-4. Non-maximum suppression across cascades (frontal boxes first, then by score), then boxes
-   scaled back to full-resolution pixels, clipped, sorted left to right.
+1. The photo is downscaled with area averaging so its longest side is at most `MAX_SIDE` (960 px,
+   the largest input libfacedetection is tuned for; larger inputs lowered the score of a face
+   filling a 1200 px portrait below the threshold). YuNet finds faces down to about 16 px of that
+   copy (1.7% of the photo's longest side). Photos longer than 2133 px get a second pass at 0.45
+   scale for the faces too small for the first (`SMALL_FACE_SCALE`): a 40 px face is found in a
+   12 MP photo.
+2. Detections scoring at least `MIN_SCORE` are kept (YuNet applies its own non-maximum
+   suppression), mapped back to full-resolution pixels, clipped, sorted left to right.
 
-`crop_box` turns a face box into the `(top, left, side)` square the engine crops, resizes and
-attacks at full resolution, with a margin and vertical shift per model family (the square a
-StarGAN sees of a CelebA aligned photo shows hair and chin: it is 1.65x the detector's box and
-centred 0.14 box heights above it; GANimation's training crops are tighter than the box).
+Each `FaceBox` carries its landmarks (eyes, nose tip, mouth corners). `FaceBox.frame` fits a
+similarity transform (scale, rotation, shift) from the CelebA template (`CELEBA_TEMPLATE`, where
+the landmarks sit in CelebA's `img_align_celeba` 178x218 crops) to the face's landmarks: the face's
+reference square (`CELEBA_REFERENCE` in the template) in the photo, with the face's roll. `crop_box`
+places a model's square relative to it with the manifest's `face_crop` {margin, shift_y}, so a
+tilted face is framed, scaled and levelled as the models' aligned training crops were; the square
+carries the roll as `Square.angle`, which the framing threat model (`views.ThreatModel.sample`)
+jitters around.
+
+Bad cases (tested in tests/test_faces.py):
+- no face (or only faces under about 16 px in the 960 px copy): `[]`; the caller falls back to
+  the largest centred square and says so in the report;
+- a face cut by the photo's border: its box is clipped to the photo, its landmarks may lie
+  outside it (YuNet predicts them), and the model's square is moved back inside the photo;
+- a turned or profile face: YuNet (trained on WIDER FACE, which has profiles) finds the
+  three-quarter turned faces of the labelled photos (face_012's laughing man, missed by the
+  cascades); a face seen from one side only (half a face, one eye) is found or not by its
+  score, never a crash; when found, the landmark fit follows nose, mouth and the visible eye,
+  so the square is centred on the face but its scale and roll are less exact.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from deepshield.errors import DeepshieldError
 
 # ------------------------------------------------------------------ parameters (documented)
 
-MAX_SIDE = 1024
-"""Longest side of the grayscale copy the cascades run on. A face filling 5% of a 1024 px
-photo is still 51 px, twice the cascades' 24 px window; larger copies only cost time."""
+MAX_SIDE = 960
+"""Longest side (px) of the copy YuNet runs on (faces down to about 16 px of it are found);
+1280 px and the full resolution lowered the score of the face filling face_004 (1200 px) to
+0.74, a miss."""
 
-MIN_FACE = 0.05
-"""Smallest face searched for, as a fraction of the photo's shorter side (never below the
-24 px window at detection scale). Faces in the development group photos are 9-27% of the
-shorter side; 5% keeps a margin while skipping the smallest, slowest and most error-prone
-scales (3% added a false positive on a dev photo and on a face-free one, and 15% more time).
-A face smaller than that is also too small to be worth a model crop of its own."""
+SMALL_FACE_SCALE = 0.45
+"""Photos whose longest side is over `MAX_SIDE / SMALL_FACE_SCALE` (2133 px) get a second pass
+on a copy at this scale, so a 40 px face keeps 18 px, above YuNet's smallest; only faces too
+small for the first copy (under `SMALL_FACE_PX` there) and not found by it are taken from it.
+A 12 MP photo (4000x3000) takes 0.8 s in all on the build machine, 2x faster than the
+cascades were (bench/RESULTS.md)."""
 
-SCALE_FACTOR = 1.1
-"""Step between the pyramid's scales. 1.1 (OpenCV's default) matches every face size within
-5%; 1.2 is 1.7x faster on the development photos but loses two of their faces (one in the
-group photo face_012, the bowed head of face_001)."""
+SMALL_FACE_PX = 32
+"""Faces under this size (px of the first, `MAX_SIDE` copy) are the second pass's to find."""
 
-MIN_NEIGHBORS = 5
-"""A box must merge more than this many raw hits (OpenCV's `minNeighbors`). True faces in the
-development photos score 7-125; 3 adds false positives on three dev photos and four more
-face-free images, 8 loses two true faces (face_001, one in face_012)."""
+MIN_SCORE = 0.8
+"""Smallest YuNet score (0-1) kept. On the 30 labelled photos every face scores >= 0.86 at
+`MAX_SIDE` and every non-face <= 0.78 (a dog's muzzle 0.77, a patterned sleeve 0.78)."""
 
-ROTATIONS: tuple[float, ...] = (-20.0, 20.0)
-"""In-plane rotations (degrees, counter-clockwise) of the fallback, tried only when the upright
-pass finds no face. The cascades tolerate about +-10-15 degrees of roll, so +-20 covers heads
-tilted up to about 35 degrees; it costs time on face-free photos only, never when a face is found."""
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+"""Names of the five landmarks, in order, by the side of the *image* they are on (the person's
+right eye is `left_eye` when they face the camera)."""
 
-FALLBACK_MIN_FACE = 0.3
-"""Smallest face the rotated fallback accepts, as a fraction of the shorter side: the fallback
-is for portraits (one dominant face), and the size limit both keeps it cheap (few scales) and
-removes the texture false positives small rotated windows produce."""
+CELEBA_TEMPLATE: tuple[tuple[float, float], ...] = (
+    (69.5, 110.0), (110.0, 110.9), (92.6, 134.0), (71.2, 150.4), (105.1, 152.2),
+)
+"""Mean YuNet landmarks (x, y) on CelebA `img_align_celeba` crops (178x218 px), in `LANDMARKS`
+order: the alignment every face is mapped to. Measured with `bench/face_crop_measure.py` on the
+eight 178x218 CelebA crops of the development set."""
 
-NMS_IOU = 0.3
-"""Boxes overlapping a kept box by more than this intersection-over-union are dropped."""
+CELEBA_REFERENCE: tuple[float, float, float] = (84.2, 124.0, 119.5)
+"""(cx, cy, side) of a face's reference square in the CelebA template: the mean square around
+YuNet's boxes on the same crops. The manifest's `face_crop` margins are relative to it."""
 
-NMS_COVER = 0.6
-"""... and so are boxes whose area lies more than this fraction inside a kept box (a profile
-box around a frontal one, a chin-to-forehead box inside a head box)."""
-
-FRONTAL_CASCADE = "haarcascade_frontalface_default.xml"
-PROFILE_CASCADE = "haarcascade_profileface.xml"
-_WINDOW = 24  # training window of both cascades (px)
+_LOCK = threading.Lock()  # the yuface binding's thread safety is undocumented: one call at a time
 
 
 class FaceDetectorUnavailableError(DeepshieldError):
-    """OpenCV (with its Haar cascades) is not installed, or is a release without them."""
+    """The `yuface` wheel (YuNet) is not installed or does not load on this platform."""
+
+
+class Square(tuple):  # type: ignore[type-arg]
+    """(top, left, side) of a square in a photo's pixels, plus `angle`: the in-plane turn
+    (degrees, counter-clockwise as `cv2.getRotationMatrix2D`) that levels the face in it.
+    Unpacks as the plain 3-tuple everywhere a `Box` is expected."""
+
+    angle: float
+
+    def __new__(cls, top: int, left: int, side: int, angle: float = 0.0) -> Square:
+        square = super().__new__(cls, (top, left, side))
+        square.angle = float(angle)
+        return square
+
+    def __getnewargs__(self) -> tuple[int, int, int, float]:
+        return (*self, self.angle)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class FaceBox:
     """A detected face in full-resolution pixel coordinates of the photo it was found in.
 
-    `x0, y0` inclusive, `x1, y1` exclusive (half-open, `rgb[y0:y1, x0:x1]` is the face), all
-    clipped to the image. `score` is the number of raw cascade hits merged into the box
-    (at least `MIN_NEIGHBORS + 1`, higher = surer; 7-125 on the development photos).
-    `source` names the cascade that found it: `frontal`, `profile`, `profile-mirrored`, with
-    `@+20` / `@-20` appended when found in a rotated copy.
+    `x0, y0` inclusive, `x1, y1` exclusive (`rgb[y0:y1, x0:x1]` is the face), clipped to the
+    image. `score`: YuNet's confidence in [0, 1]. `landmarks`: five (x, y) points in `LANDMARKS`
+    order (may lie outside a photo that cuts the face), or () for a box without landmarks.
     """
 
     x0: int
@@ -112,7 +125,7 @@ class FaceBox:
     x1: int
     y1: int
     score: float = 0.0
-    source: str = "frontal"
+    landmarks: tuple[tuple[float, float], ...] = ()
 
     @property
     def width(self) -> int:
@@ -132,133 +145,103 @@ class FaceBox:
         return (self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0
 
     def as_list(self) -> list[int]:
-        """`[x0, y0, x1, y1]` (JSON-friendly; the score is `self.score`)."""
+        """`[x0, y0, x1, y1]` (JSON-friendly)."""
         return [self.x0, self.y0, self.x1, self.y1]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's entry: box, score (3 decimals), landmarks by name ([x, y], 1 decimal)."""
+        marks = {name: [round(x, 1), round(y, 1)] for name, (x, y) in zip(LANDMARKS, self.landmarks, strict=False)}
+        return {"box": self.as_list(), "score": round(self.score, 3), "landmarks": marks}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> FaceBox:
+        """The inverse of `as_dict` (box required; score and landmarks optional)."""
+        marks = entry.get("landmarks") or {}
+        points = tuple((float(marks[n][0]), float(marks[n][1])) for n in LANDMARKS) if marks else ()
+        return cls(*(int(v) for v in entry["box"]), score=float(entry.get("score", 0.0)), landmarks=points)
+
+    def frame(self) -> tuple[float, float, float, float]:
+        """(cx, cy, side, angle) of the face's reference square in the photo: `CELEBA_REFERENCE`
+        mapped by the similarity that best takes `CELEBA_TEMPLATE` onto the landmarks (least
+        squares); `angle` (degrees) is the face's roll. Without landmarks: the box's centre and
+        longer side, angle 0."""
+        if len(self.landmarks) != len(CELEBA_TEMPLATE):
+            cx, cy = self.center
+            return cx, cy, float(max(self.width, self.height)), 0.0
+        template = np.array([complex(x, y) for x, y in CELEBA_TEMPLATE])
+        points = np.array([complex(x, y) for x, y in self.landmarks])
+        a, b = template - template.mean(), points - points.mean()
+        z = np.vdot(a, b) / np.vdot(a, a).real  # scale * e^{i angle}: template -> photo
+        cx, cy, side = CELEBA_REFERENCE
+        centre = z * (complex(cx, cy) - template.mean()) + points.mean()
+        return float(centre.real), float(centre.imag), float(abs(z) * side), math.degrees(float(np.angle(z)))
 
 
 # ------------------------------------------------------------------ detection
 
 
-def detect_faces(
-    rgb: np.ndarray,
-    *,
-    max_side: int = MAX_SIDE,
-    min_face: float = MIN_FACE,
-    scale_factor: float = SCALE_FACTOR,
-    min_neighbors: int = MIN_NEIGHBORS,
-    profile: bool = True,
-    rotations: Sequence[float] = ROTATIONS,
-) -> list[FaceBox]:
+def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float = MIN_SCORE) -> list[FaceBox]:
     """Faces in an upright photo, left to right; [] when there is none.
 
     rgb: uint8 [H, W, 3] (or [H, W] grayscale), EXIF orientation already applied
-    (`imaging.load_photo` does). Boxes are in full-resolution pixels of `rgb`. Parameters as
-    the module constants of the same name; `profile=False` runs the frontal cascade only (and
-    no fallback), `rotations=()` disables the rotated fallback. Deterministic for a given input.
+    (`imaging.load_photo` does). Boxes and landmarks are in full-resolution pixels of `rgb`.
+    `max_side` and `min_score` as the module constants. Deterministic for a given input.
     """
-    cv2 = _cv2()
     if rgb.dtype != np.uint8 or not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
         raise ValueError(f"expected uint8 [H, W, 3] or [H, W], got {rgb.dtype} {list(rgb.shape)}")
-    if not (0.0 <= min_face < 1.0) or scale_factor <= 1.0 or min_neighbors < 1 or max_side < _WINDOW:
-        raise ValueError("need 0 <= min_face < 1, scale_factor > 1, min_neighbors >= 1, max_side >= 24")
+    if max_side < 32 or not 0.0 <= min_score <= 1.0:
+        raise ValueError("need max_side >= 32 and 0 <= min_score <= 1")
+    import cv2
+
     height, width = rgb.shape[:2]
-    gray = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    scale = min(1.0, max_side / max(height, width))
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_GRAY2BGR) if rgb.ndim == 2 else np.ascontiguousarray(rgb[:, :, ::-1])
+    longest = max(height, width)
+    scale = min(1.0, max_side / longest)
+    found = _detect_at(bgr, scale, min_score)
+    if SMALL_FACE_SCALE * longest > max_side:  # a large photo: small faces from a finer copy
+        blind = SMALL_FACE_PX / scale  # full-resolution size below which the first copy misses faces
+        for face in _detect_at(bgr, SMALL_FACE_SCALE, min_score):
+            if max(face.width, face.height) < blind and all(box_iou(face, other) < 0.3 for other in found):
+                found.append(face)
+    return sorted(found, key=lambda b: (b.x0, b.y0, b.x1, b.y1))
+
+
+def _detect_at(bgr: np.ndarray, scale: float, min_score: float) -> list[FaceBox]:
+    """YuNet on a copy of bgr [H, W, 3] scaled by `scale` (<= 1, area averaging); faces scoring
+    at least `min_score`, in full-resolution pixels of bgr."""
+    import cv2
+
+    height, width = bgr.shape[:2]
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    gray = cv2.equalizeHist(np.ascontiguousarray(gray))
-    small_h, small_w = gray.shape
-    min_px = max(_WINDOW, round(min_face * min(small_h, small_w)))
-    if min_px > min(small_h, small_w):
-        return []
-
-    options = {"scale_factor": scale_factor, "min_neighbors": min_neighbors}
-    found = _detect_upright(gray, frontal=True, profile=profile, min_px=min_px, **options)
-    fallback_px = max(min_px, round(FALLBACK_MIN_FACE * min(small_h, small_w)))
-    if not found and profile:
-        for angle in rotations:
-            found += _detect_rotated(gray, angle, frontal=False, profile=True, min_px=fallback_px, **options)
-    kept = _suppress(found)
-    # back to full resolution: outward rounding, clipped
-    sx, sy = width / small_w, height / small_h
-    boxes = []
-    for (x, y, w, h), score, source in kept:
-        x0 = max(0, math.floor(x * sx))
-        y0 = max(0, math.floor(y * sy))
-        x1 = min(width, math.ceil((x + w) * sx))
-        y1 = min(height, math.ceil((y + h) * sy))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    rows = _yunet(np.ascontiguousarray(bgr))
+    sx, sy = width / bgr.shape[1], height / bgr.shape[0]
+    found = []
+    for row in rows:
+        score = float(row[0]) / 100.0
+        if score < min_score:
+            continue
+        x, y, w, h = (float(v) for v in row[1:5])
+        x0, y0 = max(0, math.floor(x * sx)), max(0, math.floor(y * sy))
+        x1, y1 = min(width, math.ceil((x + w) * sx)), min(height, math.ceil((y + h) * sy))
+        # landmark i is pixel (u, v) of the copy: its centre is (u + 0.5) copy px
+        marks = tuple(((float(row[5 + 2 * i]) + 0.5) * sx - 0.5, (float(row[6 + 2 * i]) + 0.5) * sy - 0.5) for i in range(5))
         if x1 > x0 and y1 > y0:
-            boxes.append(FaceBox(x0, y0, x1, y1, float(score), source))
-    return sorted(boxes, key=lambda b: (b.x0, b.y0, b.x1, b.y1))
+            found.append(FaceBox(x0, y0, x1, y1, score, marks))
+    return found
 
 
-_Hit = tuple[tuple[float, float, float, float], int, str]  # (x, y, w, h) at detection scale, score, source
-
-
-def _detect_upright(gray: np.ndarray, *, frontal: bool, profile: bool, scale_factor: float, min_neighbors: int, min_px: int) -> list[_Hit]:
-    """Frontal and/or profile + mirrored profile hits on one grayscale image [h, w] (uint8)."""
-    hits = _cascade_hits(FRONTAL_CASCADE, gray, scale_factor, min_neighbors, min_px, "frontal") if frontal else []
-    if profile:
-        hits += _cascade_hits(PROFILE_CASCADE, gray, scale_factor, min_neighbors, min_px, "profile")
-        mirrored = np.ascontiguousarray(gray[:, ::-1])
-        width = gray.shape[1]
-        for (x, y, w, h), score, _ in _cascade_hits(PROFILE_CASCADE, mirrored, scale_factor, min_neighbors, min_px, ""):
-            hits.append(((width - x - w, y, w, h), score, "profile-mirrored"))
-    return hits
-
-
-def _detect_rotated(gray: np.ndarray, angle: float, **options: Any) -> list[_Hit]:
-    """Hits on a copy rotated by `angle` degrees (canvas enlarged so nothing is cut off),
-    mapped back to `gray` by their centre; the box keeps its size (faces are near-square)."""
-    cv2 = _cv2()
-    height, width = gray.shape
-    matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, 1.0)
-    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
-    new_w, new_h = math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
-    matrix[0, 2] += (new_w - width) / 2.0
-    matrix[1, 2] += (new_h - height) / 2.0
-    rotated = cv2.warpAffine(gray, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    inverse = cv2.invertAffineTransform(matrix)
-    hits = []
-    for (x, y, w, h), score, source in _detect_upright(rotated, **options):
-        cx, cy = inverse @ np.array([x + w / 2.0, y + h / 2.0, 1.0])
-        box = (cx - w / 2.0, cy - h / 2.0, float(w), float(h))
-        if 0 <= cx < width and 0 <= cy < height:  # centre on the real photo, not the padding
-            hits.append((box, score, f"{source}@{angle:+g}"))
-    return hits
-
-
-def _cascade_hits(name: str, gray: np.ndarray, scale_factor: float, min_neighbors: int, min_px: int, source: str) -> list[_Hit]:
-    """Raw detections of one cascade, grouped; each group's score is its neighbour count."""
-    cv2 = _cv2()
-    raw = _cascade(name).detectMultiScale(gray, scaleFactor=scale_factor, minNeighbors=0, minSize=(min_px, min_px))
-    if len(raw) == 0:
-        return []
-    rects, counts = cv2.groupRectangles(np.asarray(raw).tolist(), min_neighbors, 0.2)
-    if len(rects) == 0:
-        return []
-    boxes, scores = np.asarray(rects).tolist(), np.ravel(counts).tolist()
-    return [(tuple(float(v) for v in r), int(c), source) for r, c in zip(boxes, scores, strict=True)]
-
-
-def _suppress(hits: list[_Hit]) -> list[_Hit]:
-    """Greedy non-maximum suppression: frontal before profile, then by score."""
-    order = sorted(hits, key=lambda h: (not h[2].startswith("frontal"), -h[1], h[0]))
-    kept: list[_Hit] = []
-    for hit in order:
-        if all(not _overlaps(hit[0], other[0]) for other in kept):
-            kept.append(hit)
-    return kept
-
-
-def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area_a, area_b = a[2] * a[3], b[2] * b[3]
-    union = area_a + area_b - inter
-    return inter > NMS_IOU * union or inter > NMS_COVER * min(area_a, area_b)
+def _yunet(bgr: np.ndarray) -> np.ndarray:
+    """Raw YuNet rows [N, 15+] int: score (0-100), x, y, w, h, then five landmarks (x, y)."""
+    try:
+        from yuface import c_detect
+    except ImportError as error:
+        raise FaceDetectorUnavailableError(f"face detection needs the yuface wheel (YuNet): pip install 'yuface==2023.5.1' ({error})") from None
+    if min(bgr.shape[:2]) < 16:
+        return np.zeros((0, 15), dtype=np.int64)  # below YuNet's smallest anchor: no face, no call
+    with _LOCK:
+        return np.asarray(c_detect(bgr)).astype(np.int64)
 
 
 def box_iou(a: FaceBox, b: FaceBox) -> float:
@@ -270,61 +253,62 @@ def box_iou(a: FaceBox, b: FaceBox) -> float:
     return inter / union if union > 0 else 0.0
 
 
-# ------------------------------------------------------------------ OpenCV plumbing
-
-_LOCAL = threading.local()  # a CascadeClassifier is not safe to share between threads
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise FaceDetectorUnavailableError("face detection needs OpenCV: pip install 'opencv-python-headless>=4.8,<5'") from None
-    if not hasattr(cv2, "CascadeClassifier"):
-        raise FaceDetectorUnavailableError(
-            f"OpenCV {cv2.__version__} has no Haar cascades (removed in 5.0): pip install 'opencv-python-headless>=4.8,<5'"
-        )
-    return cv2
+def select(found: Sequence[FaceBox], indices: Sequence[int] | None) -> list[FaceBox]:
+    """The faces chosen by their indices in `found` (left to right, as reported); all when
+    `indices` is None. Raises ValueError for an index out of range or an empty choice."""
+    if indices is None:
+        return list(found)
+    chosen = sorted(set(int(i) for i in indices))
+    if not chosen:
+        raise ValueError("faces=[] leaves out every face: choose at least one, or turn face detection off for the centred square")
+    bad = [i for i in chosen if not 0 <= i < len(found)]
+    if bad and found:
+        raise ValueError(f"faces={bad} out of range: {len(found)} face(s) were found, numbered 0 to {len(found) - 1}")
+    return [found[i] for i in chosen if 0 <= i < len(found)]
 
 
-def _cascade(name: str) -> Any:
-    """This thread's loaded `cv2.CascadeClassifier` for a cascade file shipped with OpenCV."""
-    cache: dict[str, Any] = _LOCAL.__dict__.setdefault("cascades", {})
-    if name not in cache:
-        cv2 = _cv2()
-        path = cv2.data.haarcascades + name
-        classifier = cv2.CascadeClassifier(path)
-        if classifier.empty():
-            raise FaceDetectorUnavailableError(f"cannot load the OpenCV cascade {path}; reinstall opencv-python-headless (<5)")
-        cache[name] = classifier
-    return cache[name]
+def draw(rgb: np.ndarray, found: Sequence[FaceBox], *, max_side: int = 1024) -> Image.Image:
+    """The photo uint8 [H, W, 3] (shrunk to `max_side` for display) with each face's box, its
+    number (the index `faces=[...]` takes) and its five landmarks drawn."""
+    image = Image.fromarray(rgb if rgb.ndim == 3 else np.dstack([rgb] * 3))
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    pen = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    for index, face in enumerate(found):
+        box = [face.x0 * scale, face.y0 * scale, face.x1 * scale, face.y1 * scale]
+        pen.rectangle(box, outline=(0, 255, 0), width=width)
+        pen.text((box[0] + width, box[1] + width), str(index), fill=(255, 255, 0), font=ImageFont.load_default(size=max(12, 8 * width)))
+        for x, y in face.landmarks:
+            r = width
+            pen.ellipse([x * scale - r, y * scale - r, x * scale + r, y * scale + r], fill=(255, 0, 0))
+    return image
 
 
 # ------------------------------------------------------------------ crop geometry
 
 
-def crop_box(face: FaceBox, width: int, height: int, *, margin: float, shift_y: float = 0.0) -> tuple[int, int, int]:
-    """The square `(top, left, side)` a model sees for this face, inside a `width` x `height` photo.
+def crop_box(face: FaceBox, width: int, height: int, *, margin: float, shift_y: float = 0.0) -> Square:
+    """The square a model sees for this face, inside a `width` x `height` photo.
 
-    side = round(max(face.width, face.height) * (1 + 2 * margin)), centred on the face centre
-    moved down by `shift_y * face.height` (negative = up). A square that does not fit is moved
-    back inside the photo, keeping its side; one larger than the photo's shorter side shrinks
-    to that side. Same convention as `imaging.center_square`: rows top:top+side, columns
-    left:left+side. The square contains the face box (to a pixel of rounding) whenever
-    margin >= |shift_y| and the photo is large enough; a negative margin (> -0.5) crops tighter
-    than the box.
+    From the face's reference square (`FaceBox.frame`: aligned on its landmarks, else its box):
+    side = round(reference side * (1 + 2 * margin)), centre moved by `shift_y * reference side`
+    along the face's downward axis (negative = towards the forehead). A square that does not
+    fit is moved back inside the photo, keeping its side; one larger than the photo's shorter
+    side shrinks to that side. Rows top:top+side, columns left:left+side; `angle` is the face's
+    roll (0 without landmarks). A negative margin (> -0.5) crops tighter than the reference.
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if margin < -0.5 + 1e-6:
         raise ValueError(f"margin must be > -0.5, got {margin}")
-    size = max(face.width, face.height)
+    cx, cy, size, angle = face.frame()
     side = max(1, min(round(size * (1.0 + 2.0 * margin)), width, height))
-    cx, cy = face.center
-    cy += shift_y * face.height
-    left = _place(cx, side, width)
-    top = _place(cy, side, height)
-    return top, left, side
+    theta = math.radians(angle)
+    cx -= math.sin(theta) * shift_y * size  # the face's downward axis is (-sin, cos)
+    cy += math.cos(theta) * shift_y * size
+    return Square(_place(cy, side, height), _place(cx, side, width), side, angle)
 
 
 def _place(center: float, side: int, limit: int) -> int:

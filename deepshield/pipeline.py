@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from deepshield import attacks, faces, framing, imaging, memory, metrics, perceptual, robustness, transforms, views
-from deepshield.errors import OutOfMemoryError
+from deepshield.errors import InvalidParameterError, OutOfMemoryError
 from deepshield.faces import FaceBox
 from deepshield.model_cache import LoadedModel
 
@@ -89,7 +89,8 @@ class Job:
     photo: imaging.Photo
     original: Tensor  # [1, 3, H, W] in [-1, 1] on the device
     boxes: list[list[Box]]  # per model
-    faces: list[FaceBox]
+    faces: list[FaceBox]  # every face found, left to right (the report's numbering)
+    protected: list[int]  # indices into `faces` of those the face models' squares are on
     top: int = field(init=False)  # the perturbed region: rows top:bottom, columns left:right
     left: int = field(init=False)
     bottom: int = field(init=False)
@@ -258,11 +259,11 @@ class Pipeline:
             return min(fitting, GPU_PASS_PHOTOS)
         return min(fitting, max(1, CPU_PASS_PIXELS // pixels))
 
-    def _jobs(self, photos: list[imaging.Photo], ensemble: Ensemble, use_faces: bool) -> list[Job]:
+    def _jobs(self, photos: list[imaging.Photo], ensemble: Ensemble, use_faces: bool, chosen: Sequence[int] | None) -> list[Job]:
         jobs = []
         for photo in photos:
-            boxes, found = model_squares(photo.rgb, ensemble.models, use_faces)
-            jobs.append(Job(photo, imaging.to_tensor(photo.rgb, self.device), boxes, found))
+            boxes, found, protected = model_squares(photo.rgb, ensemble.models, use_faces, chosen)
+            jobs.append(Job(photo, imaging.to_tensor(photo.rgb, self.device), boxes, found, protected))
         return jobs
 
     def protect_fitting(self, photos: list[imaging.Photo], ensemble: Ensemble, config: attacks.AttackConfig, seeds: list[int],
@@ -293,12 +294,13 @@ class Pipeline:
         on_step: attacks.StepCallback | None,
         *,
         detect_faces: bool,
+        faces: Sequence[int] | None = None,
         robust: str | None,
         check_robustness: bool,
         ssim_floor: float | None,
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
-        jobs = self._jobs(photos, ensemble, detect_faces)
+        jobs = self._jobs(photos, ensemble, detect_faces, faces)
         if robust == "framing":
             kept = ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)] * len(jobs), self.autocast_dtype, each_target=False)
         else:
@@ -405,8 +407,8 @@ class Pipeline:
         width, height = job.photo.size
         face_models = any(m.spec.face_crop for m in ensemble.models)
         crop = {
-            "faces": [{"box": f.as_list()} for f in job.faces],
-            "crop": "faces" if job.faces else "centre",
+            "faces": [{"index": i, **f.as_dict(), "protected": i in job.protected} for i, f in enumerate(job.faces)],
+            "crop": "faces" if job.protected else "centre",
         }
         if face_models and not job.faces:
             crop["note"] = "no face found: the largest centred square was protected"
@@ -432,21 +434,30 @@ def _autocast(objective: attacks.Objective, device_type: str, dtype: torch.dtype
     return run
 
 
-def model_squares(rgb: np.ndarray, models: Sequence[LoadedModel], use_faces: bool) -> tuple[list[list[Box]], list[FaceBox]]:
-    """Every model's squares on a photo uint8 [H, W, 3]: one per detected face for face models
-    (manifest `face_crop`), else (or when no face is found) the largest centred square.
-    Returns (boxes per model, the faces found; empty when no face model asked)."""
+def model_squares(
+    rgb: np.ndarray, models: Sequence[LoadedModel], use_faces: bool, chosen: Sequence[int] | None = None
+) -> tuple[list[list[Box]], list[FaceBox], list[int]]:
+    """Every model's squares on a photo uint8 [H, W, 3]: one per protected face for face models
+    (manifest `face_crop`; aligned on the face's landmarks, `faces.crop_box`), else (or when no
+    face is found) the largest centred square. `chosen`: indices of the faces to protect, in the
+    left-to-right order faces are found and reported (None: all).
+    Returns (boxes per model, every face found (empty when no face model asked), the indices
+    protected)."""
     height, width = rgb.shape[:2]
     wants_faces = use_faces and any(m.spec.face_crop for m in models)
     found = faces.detect_faces(rgb) if wants_faces else []
+    try:
+        protected = faces.select(found, chosen)
+    except ValueError as error:
+        raise InvalidParameterError(str(error)) from None
     boxes = []
     for model in models:
         crop = model.spec.face_crop
-        if crop and found:
-            boxes.append([faces.crop_box(f, width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0)) for f in found])
+        if crop and protected:
+            boxes.append([faces.crop_box(f, width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0)) for f in protected])
         else:
             boxes.append([imaging.center_square(height, width)])
-    return boxes, found
+    return boxes, found, [found.index(f) for f in protected]
 
 
 def _caption(view: views.View) -> str:

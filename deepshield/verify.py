@@ -61,7 +61,7 @@ class ModelCheck:
     l1: float
     disrupted: bool
     mse_vs_clean: float
-    faces: list[dict[str, list[int]]]
+    faces: list[dict[str, Any]]  # faces.FaceBox.as_dict(): box, score, landmarks
     deepfake_baseline: Image.Image = field(repr=False)
     deepfake_shared: Image.Image = field(repr=False)
 

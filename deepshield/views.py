@@ -6,8 +6,9 @@ then the maker's framing: a square of the photo (centre, side, in-plane rotation
 model's input with one of the common filters.
 
 - Whole-image models: a square of side 0.5-1.0 of the photo's short side anywhere in it.
-- Face models: each face's model crop (`faces.crop_box`) jittered as another detector or
-  aligner would frame it: side +-15%, centre shifted by +-10% of the side, rotated +-10 degrees.
+- Face models: each face's aligned model crop (`faces.crop_box`: levelled on its landmarks)
+  jittered as another detector or aligner would frame it: side +-15%, centre shifted by +-10% of
+  the side, rotated +-10 degrees around the face's own roll.
 
 `render` applies a view the way the maker's tools do: PIL and OpenCV on the 8-bit photo, at its
 own resolution (what the robustness report and the benchmarks measure with). `frame` applies it
@@ -123,7 +124,8 @@ class ThreatModel:
                 scale = 1 + _uniform(generator, -self.face_scale, self.face_scale)
                 cy = top + side / 2 + side * _uniform(generator, -self.face_shift, self.face_shift)
                 cx = left + side / 2 + side * _uniform(generator, -self.face_shift, self.face_shift)
-                side, angle = side * scale, _uniform(generator, -self.face_angle, self.face_angle)
+                roll = getattr(faces[index % len(faces)], "angle", 0.0)  # faces.Square: the aligned face's roll
+                side, angle = side * scale, roll + _uniform(generator, -self.face_angle, self.face_angle)
             else:
                 short = min(height, width)
                 side = max(1.0, round(short * _uniform(generator, *self.crop)))

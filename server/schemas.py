@@ -56,6 +56,12 @@ class AttackParams(BaseModel):
     detect_faces: bool = Field(
         True, description="Face models (StarGAN, GANimation): protect every detected face, cropped as in the model's training data. False: the centred square."
     )
+    faces: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Face models: protect only these faces, numbered from 0 left to right as the report's `faces` lists them "
+        "(each with its box, landmarks and score); in a batch, the same numbers for every photo. All faces when left out.",
+    )
     robust: RobustMode = Field(
         "off",
         description="`eot` optimises through differentiable JPEG, resizing, blur and crop shifts so the protection survives sharing; "

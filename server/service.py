@@ -240,6 +240,7 @@ class ProtectService:
             "seed": params.seed,
             "targets": params.targets,
             "detect_faces": params.detect_faces,
+            "faces": params.faces,
             "robust": None if params.robust == "off" else params.robust,
             "check_robustness": params.check_robustness,
             "ssim_floor": params.ssim_floor,

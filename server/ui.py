@@ -27,6 +27,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from deepshield import faces as face_detection
 from deepshield import imaging, png
 from deepshield.attacks import STRENGTHS
 from deepshield.engine import DEFAULT_MODEL, Engine
@@ -127,6 +128,17 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
             "output_format": "png", "return_deepfakes": False}
 
 
+def _face_numbers(value: Any) -> list[int] | None:
+    """/protect's `faces` (a list of numbers, or "0,2") -> engine `faces`; empty or None: all."""
+    if value in (None, "", []):
+        return None
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+    try:
+        return [int(p) for p in parts if str(p).strip() != ""]
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"faces must be face numbers (0, 1, ...) as the report lists them, got {value!r}") from None
+
+
 def _attack_options(
     model: Any, attack: Any, epsilon: Any, iterations: Any, step_size: Any, seed: Any, targets: Any,
     detect_faces: Any = True, robust: Any = "off", check_robustness: Any = False, ssim_floor: Any = 0,
@@ -218,6 +230,7 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
         ["robust attack", _fmt(metrics.get("robust") or "off")],
         ["seed", _fmt(metrics.get("seed"))],
         ["region protected", _region(metrics)],
+        *_face_rows(metrics),
     ]
     if "perceptual" in metrics:
         q = metrics["perceptual"]
@@ -241,9 +254,19 @@ def _region(metrics: dict[str, Any]) -> str:
     if metrics.get("robust") == "framing":
         return "the whole photo, for any framing"
     found = metrics.get("faces") or []
-    if found:
-        return f"{len(found)} face{'s' if len(found) > 1 else ''}: " + "; ".join(str(f["box"]) for f in found)
+    chosen = [f for f in found if f.get("protected", True)]
+    if chosen:
+        return f"{len(chosen)} of {len(found)} face{'s' if len(found) > 1 else ''}: " + ", ".join(f"face {f.get('index', i)}" for i, f in enumerate(chosen))
     return metrics.get("note") or "the centred square"
+
+
+def _face_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """One metrics-table row per face found: box, score, protected or left out."""
+    rows = []
+    for i, face in enumerate(metrics.get("faces") or []):
+        state = "protected" if face.get("protected", True) else "left out"
+        rows.append([f"face {face.get('index', i)}", f"box {face['box']}, score {_fmt(face.get('score'), 2)}, {state}"])
+    return rows
 
 
 REPORT_COLUMNS = ["input", "output", "faces", "linf_255", "psnr", "ssim", "mse", "disrupted", "mse after JPEG 75", "seconds"]
@@ -486,12 +509,15 @@ class Handlers:
         robust: Any = DEFAULT_ROBUST,
         check_robustness: Any = True,
         ssim_floor: Any = 0,
+        faces: Any = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, Image.Image, Image.Image, dict[str, Any]]:
         """Protect one photo. Returns (protected PNG, deepfake of the original, deepfake of the
         protected photo, report with `perturbation` and `disruption` measured on the PNG, the
-        `faces` protected and, with check_robustness, `robustness` after real transformations)."""
+        `faces` found (box, landmarks, score, protected or not) and, with check_robustness,
+        `robustness` after real transformations). `faces`: numbers of the faces to protect, as the
+        report numbers them; empty or None: every face."""
         with _user_errors(), self.engine.caller_queue():
             self._rate_limit(request)
             upload = uploads.from_payload(image, _upload_root())
@@ -499,6 +525,7 @@ class Handlers:
             options = _attack_options(
                 model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
             )
+            options["faces"] = _face_numbers(faces)
             self._require_local_weights(options["model"])
             progress(0.0, desc=f"loading {options['model']}")
 
@@ -513,6 +540,18 @@ class Handlers:
                 save_framings(self.store.framings_dir(output, new=True), result.framing_examples[:FRAMINGS_SHOWN])
             metrics = {**measured, "input": upload.name, "output": output.name}
             return str(output), result.deepfake_original, result.deepfake_protected, metrics
+
+    def faces_found(self, image: str | None) -> tuple[Image.Image | None, Any]:
+        """UI: the original with the faces found drawn and numbered, and one ticked checkbox per
+        face (what /protect's `faces` takes)."""
+        if not image:
+            return None, gr.update(choices=[], value=[], visible=False)
+        with _user_errors():
+            rgb = imaging.load_photo(image).rgb
+            found = face_detection.detect_faces(rgb)
+        choices = [(f"face {i}: {f.width}x{f.height} px at ({f.x0}, {f.y0}), score {f.score:.2f}", i) for i, f in enumerate(found)]
+        drawn = face_detection.draw(rgb, found)
+        return drawn, gr.update(choices=choices, value=[i for _, i in choices], visible=bool(found))
 
     def protect_details(self, original: str | None, protected: str | None, metrics: dict[str, Any] | None) -> tuple[Any, ...]:
         """UI extras after /protect: amplified perturbation, metrics table, download, dropdowns."""
@@ -703,12 +742,13 @@ protected, fake_original, fake_protected, metrics = client.predict(
     handle_file("me.jpg"), "cyclegan-vintage", "pgd", 0.05, 10, 0.01,   # image, model, attack, epsilon, iterations, step_size
     -1, [],                                                             # seed (-1 = random), targets (conditional models; [] = all)
     True, "framing", True, 0,   # detect faces, robust ("framing" | "off" | "eot" | "spread-spectrum"), check robustness, SSIM floor (0 = off)
+    [],                         # faces: numbers of the faces to protect, as metrics["faces"] numbers them ([] = every face)
     api_name="/protect",
 )
 print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["framings"])
 gallery, zip_path, report = client.predict(
     [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
-    api_name="/protect_batch",            # the same trailing options as /protect may follow
+    api_name="/protect_batch",            # the same trailing options as /protect may follow (all but faces)
 )
 pairs, verdict = client.predict(handle_file("me.jpg"), handle_file("me-from-the-site.jpg"), [], api_name="/verify")
 models = client.predict(api_name="/models")   # as `python -m deepshield models --json`
@@ -784,6 +824,11 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                             )
                             protected_out = gr.Image(type="filepath", format="png", label="Protected (PNG, full resolution)",
                                                      interactive=False, elem_id="protected-image")
+                        with gr.Row():
+                            faces_drawn = gr.Image(type="pil", format="png", label="Faces found (numbered; the ticked ones are protected)",
+                                                   interactive=False, elem_id="faces-found")
+                            faces_choice = gr.CheckboxGroup([], value=[], label="Faces to protect (face models; none ticked = every face)",
+                                                            visible=False, elem_id="faces-choice")
                         with gr.Row(equal_height=True):
                             fake_original = gr.Image(type="pil", format="png", label="Deepfake of the original",
                                                      interactive=False, elem_id="deepfake-original")
@@ -874,12 +919,13 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                 gr.Markdown(_about_markdown())
 
         dropdowns = [protect_controls.model, batch_controls.model, models_choice]
+        image_in.change(handlers.faces_found, inputs=image_in, outputs=[faces_drawn, faces_choice], show_progress="hidden", **private)
 
         # Public API (DESIGN.md s.3): /protect, /protect_batch, /models. Raw inputs: the handlers
         # validate them with the engine's own messages (a bad image is a gr.Error, not a traceback).
         protect_button.click(
             handlers.protect,
-            inputs=[image_in, *protect_controls.api_inputs()],
+            inputs=[image_in, *protect_controls.api_inputs(), faces_choice],
             outputs=[protected_out, fake_original, fake_protected, metrics_json],
             api_name="protect", preprocess=False, **engine_events,
         ).success(

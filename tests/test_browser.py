@@ -97,6 +97,11 @@ def test_protect_a_photo_in_the_browser(browser, app_url, tmp_path):
 
     page.locator("#original-image input[type=file]").set_input_files(str(EXAMPLE))
     expect(page.locator("#original-image img").first).to_be_visible(timeout=30_000)
+    # issue 16: the faces found are drawn on the original, one ticked checkbox each
+    wait_for_image(page, "#faces-found")
+    expect(page.locator("#faces-choice input[type=checkbox]")).to_have_count(1, timeout=30_000)
+    expect(page.locator("#faces-choice input[type=checkbox]").first).to_be_checked()
+    expect(page.locator("#faces-choice")).to_contain_text("face 0:")
 
     page.locator("#protect-model input").click()
     page.get_by_role("option", name=re.compile(r"^cyclegan-vintage \(")).click()

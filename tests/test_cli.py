@@ -170,3 +170,30 @@ def test_cli_verify_summary_json_and_errors(cli_env, tmp_path):
     assert json.loads(as_json.stdout)["models"][0]["mse"] == pytest.approx(report["models"][0]["mse"])
     missing = run(cli_env, "verify", str(original), str(tmp_path / "nope.jpg"))
     assert missing.returncode == 2 and missing.stderr.strip() == "error: nope.jpg: no such file"
+
+
+def test_faces_option_protects_only_the_chosen_faces(cli_env, tmp_path):
+    """`--faces 1` on a two-person photo: both faces reported (box, landmarks, score), only the
+    second protected; a face number out of range is a one-line error."""
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import FACES, HAIR, TINY_PARAMS, save_tiny
+
+    models = Path(cli_env["DEEPSHIELD_MODELS_DIR"])
+    save_tiny(models, "tinyface", "stargan", seed=1)
+    manifest = yaml.safe_load(Path(cli_env["DEEPSHIELD_MANIFEST"]).read_text())
+    manifest["models"]["tinyface"] = {
+        "architecture": "stargan", "params": TINY_PARAMS["stargan"], "image_size": 32, "targets": {k: list(v) for k, v in HAIR.items()},
+        "face_crop": {"margin": 0.245, "shift_y": -0.126}, "weights": {"local": "tinyface.safetensors", "format": "official"},
+    }
+    Path(cli_env["DEEPSHIELD_MANIFEST"]).write_text(yaml.safe_dump(manifest))
+    common = ["protect", str(FACES / "face_008.jpg"), "--model", "tinyface", "--iterations", "1", "--seed", "0"]
+    done = run(cli_env, *common, "-o", str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json"), "--faces", "1")
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    assert [(f["index"], f["protected"]) for f in report["faces"]] == [(0, False), (1, True)]
+    assert all(set(f) == {"index", "box", "score", "landmarks", "protected"} for f in report["faces"])
+    bad = run(cli_env, *common, "-o", str(tmp_path / "q.png"), "--faces", "2")
+    assert bad.returncode != 0 and "out of range" in bad.stderr and "Traceback" not in bad.stderr

@@ -182,29 +182,52 @@ def test_every_face_is_protected_and_nothing_outside_the_face_squares(models_dir
 
     specs = tiny_models(models_dir)
     face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
-                           targets=HAIR, face_crop={"margin": 0.32, "shift_y": -0.14})
+                           targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
     engine = Engine({**specs, "tiny-face": face_model}, device="cpu")
     source = FACES / "face_008.jpg"  # two people
     result = engine.protect(source, model="tiny-face", iterations=2, seed=0, targets=["Male"])
-    boxes = [face["box"] for face in result.metrics["faces"]]
-    assert len(boxes) == 2 and result.metrics["crop"] == "faces"
+    found = result.metrics["faces"]
+    assert len(found) == 2 and result.metrics["crop"] == "faces"
+    assert [f["index"] for f in found] == [0, 1] and all(f["protected"] and f["score"] >= 0.8 and len(f["landmarks"]) == 5 for f in found)
     original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
     changed = np.abs(np.asarray(result.protected, dtype=int) - original).max(axis=2) > 0
     height, width = changed.shape
     allowed = np.zeros_like(changed)
     from deepshield.faces import FaceBox, crop_box
 
-    for x0, y0, x1, y1 in boxes:
-        top, left, side = crop_box(FaceBox(x0, y0, x1, y1, 0.0), width, height, margin=0.32, shift_y=-0.14)
+    for entry in found:
+        face = FaceBox.from_dict(entry)
+        top, left, side = crop_box(face, width, height, margin=0.245, shift_y=-0.126)
         allowed[top : top + side, left : left + side] = True
-        assert changed[y0:y1, x0:x1].mean() > 0.5, "a face was left unprotected"
+        assert changed[face.y0 : face.y1, face.x0 : face.x1].mean() > 0.5, "a face was left unprotected"
     assert not changed[~allowed].any()
     assert result.metrics["disruption"]["per_target"].keys() == {"Male"}
 
 
+def test_faces_chooses_which_faces_are_protected(models_dir):
+    """faces=[1]: only the second face (left to right) is perturbed; both are reported."""
+    from tests.conftest import FACES
+
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
+    engine = Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu")
+    source = FACES / "face_008.jpg"
+    result = engine.protect(source, model="tiny-face", iterations=1, seed=0, targets=["Male"], faces=[1])
+    assert [f["protected"] for f in result.metrics["faces"]] == [False, True]
+    original = np.asarray(Image.open(source).convert("RGB"), dtype=int)
+    changed = np.abs(np.asarray(result.protected, dtype=int) - original).max(axis=2) > 0
+    first, second = result.metrics["faces"]
+    x0, y0, x1, y1 = first["box"]
+    assert not changed[y0:y1, x0:x1].any()
+    x0, y0, x1, y1 = second["box"]
+    assert changed[y0:y1, x0:x1].mean() > 0.5
+    with pytest.raises(InvalidParameterError, match="out of range"):
+        engine.protect(source, model="tiny-face", iterations=1, seed=0, targets=["Male"], faces=[2])
+
+
 def test_a_photo_without_a_face_falls_back_to_the_centred_square_and_says_so(models_dir):
     face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
-                           targets=HAIR, face_crop={"margin": 0.32})
+                           targets=HAIR, face_crop={"margin": 0.245})
     engine = Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu")
     result = engine.protect(photo(64, 48), model="tiny-face", iterations=1, seed=0)
     assert result.metrics["faces"] == [] and result.metrics["crop"] == "centre"
@@ -332,3 +355,16 @@ def test_a_pass_that_runs_out_of_memory_is_split_not_failed(engine, monkeypatch)
     monkeypatch.setattr(type(model), "forward", never_fits)
     with pytest.raises(OutOfMemoryError, match="one photo does not fit"):
         engine.protect(images[0], model="tiny-cyclegan", iterations=1)
+
+
+def test_python_api_passes_faces_to_the_engine(models_dir, monkeypatch):
+    """`deepshield.protect(..., faces=[0])` (the public Python API, on the process-wide engine)."""
+    import deepshield
+    from deepshield import engine as engine_module
+    from tests.conftest import FACES
+
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
+    monkeypatch.setattr(engine_module, "_DEFAULT_ENGINE", Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu"))
+    result = deepshield.protect(FACES / "face_008.jpg", model="tiny-face", iterations=1, seed=0, targets=["Male"], faces=[0])
+    assert [f["protected"] for f in result.metrics["faces"]] == [True, False]

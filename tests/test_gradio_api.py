@@ -89,7 +89,7 @@ def test_the_api_page_lists_exactly_the_endpoints_in_the_fixed_order(served):
     endpoints = info["named_endpoints"]
     assert set(endpoints) == {"/protect", "/protect_batch", "/verify", "/models"}
     options = ["model", "attack", "epsilon", "iterations", "step_size", "seed", "targets", "detect_faces", "robust", "check_robustness", "ssim_floor"]
-    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options]
+    assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options, "faces"]
     assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]] == ["images", *options]
     assert [p["parameter_name"] for p in endpoints["/verify"]["parameters"]] == ["original", "shared", "models"]
     assert len(endpoints["/protect"]["returns"]) == 4 and len(endpoints["/protect_batch"]["returns"]) == 3
@@ -352,3 +352,33 @@ def test_gradio_refuses_uploads_above_a_full_batch_zip(make_engine):
         refused = httpx.post(upload, files={"files": ("huge.zip", b"x" * (limit + 1024))}, timeout=30)
     assert accepted.status_code == 200, accepted.text
     assert refused.status_code == 413, refused.text
+
+
+def test_protect_takes_face_numbers_last(served, tmp_path):
+    """/protect's last parameter `faces` (issue 16): face numbers to protect; a photo with no face
+    reports none whatever was chosen, and a value that is not a number is a clear error."""
+    source = photo_file(tmp_path / "p.png", 40, 40, seed=3)
+    *_, metrics = served.client.predict(
+        handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, [], True, "off", False, 0, [0], api_name="/protect"
+    )
+    assert metrics["faces"] == [] and metrics["crop"] == "centre"
+    error = _error_of(served, handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, [], True, "off", False, 0, "left")
+    assert "face numbers" in error
+
+
+def test_the_protect_tab_shows_the_faces_found_and_ticks_each(make_engine):
+    """On upload the Protect tab draws the faces found on the original and offers one ticked
+    checkbox per face (value = the number /protect's `faces` takes); the metrics table lists
+    each face with its box and score, protected or left out."""
+    from tests.conftest import FACES
+
+    handlers = ui.Handlers(make_engine(), Settings(), jobs=None)
+    drawn, choice = handlers.faces_found(str(FACES / "face_009.jpg"))
+    assert drawn.size == (1024, 538)  # shown at most 1024 px wide
+    assert [value for _, value in choice["choices"]] == list(range(6)) and choice["value"] == list(range(6)) and choice["visible"]
+    assert handlers.faces_found(None)[0] is None
+    metrics = {"faces": [{"index": 0, "box": [1, 2, 30, 40], "score": 0.91, "protected": False},
+                         {"index": 1, "box": [50, 2, 80, 40], "score": 0.88, "protected": True}]}
+    rows = dict(ui.metrics_rows(metrics))
+    assert rows["region protected"] == "1 of 2 faces: face 1"
+    assert rows["face 0"] == "box [1, 2, 30, 40], score 0.91, left out" and rows["face 1"].endswith("protected")

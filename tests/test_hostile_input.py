@@ -356,7 +356,7 @@ def raw_gradio_call(served: Served, api: str, data: bytes, orig_name: str) -> tu
     Returns ("complete" or "error", the event's data)."""
     (path,) = served.http.post("/gradio_api/upload", files=[("files", ("upload.bin", data))]).json()
     payload = {"path": path, "orig_name": orig_name, "meta": {"_type": "gradio.FileData"}}
-    started = served.http.post(f"/gradio_api/call/{api}", json={"data": [payload, *GRADIO_OPTIONS, True, "off", False, 0]})
+    started = served.http.post(f"/gradio_api/call/{api}", json={"data": [payload, *GRADIO_OPTIONS, True, "off", False, 0, []]})  # ..., faces ([] = all)
     events = served.http.get(f"/gradio_api/call/{api}/{started.json()['event_id']}").text
     *_, event, data_line = [line for line in events.splitlines() if line]  # the last event: its name, then its data
     return event.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))

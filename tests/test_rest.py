@@ -558,3 +558,21 @@ def test_unknown_api_paths_get_a_json_404(serve):
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("application/json")
         assert response.json()["error"] == "not_found" and "/docs" in response.json()["message"]
+
+
+def test_faces_chooses_the_faces_to_protect_over_rest(serve, models_dir):
+    """attack_params.faces = [0]: the report lists both faces of a two-person photo with box,
+    landmarks and score, and only face 0 is protected; a number out of range is a 422."""
+    from deepshield.faces import LANDMARKS
+    from tests.conftest import FACES, TINY_PARAMS, make_spec, tiny_models
+
+    spec = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                     targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
+    served = serve(engine=Engine({**tiny_models(models_dir), "tiny-face": spec}, device="cpu"))
+    image = b64((FACES / "face_008.jpg").read_bytes())
+    params = {"iterations": 1, "seed": 0, "targets": ["Male"], "faces": [0]}
+    metrics = protect(served, image, model_type="tiny-face", attack_params=params).json()["metrics"]
+    assert [(f["index"], f["protected"]) for f in metrics["faces"]] == [(0, True), (1, False)]
+    assert all(list(f["landmarks"]) == list(LANDMARKS) and 0.8 <= f["score"] <= 1 for f in metrics["faces"])
+    bad = protect(served, image, model_type="tiny-face", attack_params={**params, "faces": [7]})
+    assert "out of range" in assert_error(bad, 422, "invalid_parameter")["message"]
