@@ -1,7 +1,9 @@
 # deepshield web app (Gradio UI + REST API) on a CUDA runtime; works on CPU too.
 #   docker build -t deepshield .
 #   docker run --gpus all -p 7860:7860 -v deepshield-data:/data deepshield
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
+# Ubuntu 22.04: its Python 3.10 has wheels of every dependency (the face detector `yuface` has none
+# for 3.12, the Python of Ubuntu 24.04).
+FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
