@@ -45,13 +45,7 @@ def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndar
     _, conditions = loaded.conditions(None)
     size = loaded.spec.image_size
 
-    def deepfake(frames: torch.Tensor) -> torch.Tensor:
-        if conditions is None:
-            return loaded.generator(frames).unsqueeze(1)
-        count_t = conditions.shape[0]
-        out = loaded.generator(frames.repeat_interleave(count_t, dim=0), conditions.repeat(frames.shape[0], 1))
-        return out.view(frames.shape[0], count_t, *out.shape[1:])
-
+    deepfake = robustness.frames_deepfake(loaded.generator, conditions)
     height, width = original.shape[:2]
     drawn = views.DEFAULT_THREAT_MODEL.framing_only().sample(height, width, count, torch.Generator().manual_seed(views.EVALUATION_SEED + BENCH_SEED + seed), faces)
     columns = {}

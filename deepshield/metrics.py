@@ -64,21 +64,41 @@ def pixels_on(rgb: np.ndarray, device: torch.device | str) -> Tensor:
     return pixels.to(device).permute(2, 0, 1).unsqueeze(1)
 
 
+SSIM_BAND_PIXELS = 1 << 21
+"""Window positions one band of `ssim_of_pixels` works on (about 2 megapixels per channel: ~100
+MB of fp32 intermediates), so a 14-megapixel photo costs no more memory than a small one."""
+
+
 def ssim_of_pixels(a: Tensor, b: Tensor) -> float | None:
-    """`ssim` of uint8 [C, 1, H, W] tensors from `pixels_on`, in fp32 with fp64 sums."""
-    side = min(a.shape[-2:])
+    """`ssim` of uint8 [C, 1, H, W] tensors from `pixels_on`, in fp32 with fp64 sums, one
+    channel and one band of rows at a time."""
+    height, width = a.shape[-2:]
+    side = min(height, width)
     if side < 3:
         return None
     window = min(SSIM_WINDOW, side if side % 2 else side - 1)
+    rows = height - window + 1  # window positions per column
+    band = max(1, SSIM_BAND_PIXELS // width)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for channel in range(a.shape[0]):
+        for first in range(0, rows, band):
+            last = min(rows, first + band)
+            span = slice(first, last + window - 1)
+            total += _ssim_sum(a[channel : channel + 1, :, span], b[channel : channel + 1, :, span], window)
+    return float(total / (a.shape[0] * rows * (width - window + 1)))
+
+
+def _ssim_sum(a: Tensor, b: Tensor, window: int) -> Tensor:
+    """Sum (fp64) of the SSIM index over the valid window positions of uint8 [1, 1, h, w] tiles."""
     x, y = a.float() / 255.0, b.float() / 255.0
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [C, 5, H, W]
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [1, 5, h, w]
     means = F.avg_pool2d(F.avg_pool2d(stack, (1, window), stride=1), (window, 1), stride=1)  # separable box filter, valid part
     mx, my, mxx, myy, mxy = means.unbind(1)
     covariance = window**2 / (window**2 - 1)
     vx, vy, vxy = covariance * (mxx - mx * mx), covariance * (myy - my * my), covariance * (mxy - mx * my)
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     index = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(index.mean(dtype=torch.float64))
+    return index.sum(dtype=torch.float64)
 
 
 def disruption_metrics(fake_protected: Tensor, fake_original: Tensor) -> dict[str, float | bool]:

@@ -231,6 +231,63 @@ class Plan:
     key: str
 
 
+class RegionAttack:
+    """The paper's attack on each model's squares (the faces, or the centred square), optionally
+    through the sharing transformations (`robust` "eot" / "spread-spectrum", one per iteration)."""
+
+    def __init__(self, robust: str | None) -> None:
+        self.schedule = {"eot": transforms.sharing_transforms, "spread-spectrum": transforms.spread_spectrum_blurs}.get(robust or "")
+
+    def pixels(self, ensemble: Ensemble) -> int:
+        """Generator input pixels of one photo's pass with one square (the largest model's)."""
+        return max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
+
+    def kept_bytes(self, ensemble: Ensemble, squares: Sequence[Sequence[int]], dtype: torch.dtype | None) -> int:
+        """Bytes a pass keeps for its backward: `squares[j][i]` squares of photo j, model i."""
+        return ensemble.kept_bytes(squares, dtype)
+
+    def configure(self, config: attacks.AttackConfig) -> attacks.AttackConfig:
+        return config
+
+    def attack(self, jobs: list[Job], ensemble: Ensemble, references: list[Tensor], config: attacks.AttackConfig, seeds: list[int],
+               on_step: attacks.StepCallback | None, passes: Callable[[attacks.Objective], attacks.Objective]) -> list[Tensor]:
+        """The adversarial photos [1, 3, H, W] in [-1, 1]; `passes` wraps the generators' passes."""
+        objective = passes(ensemble.objective(jobs, references))
+        if self.schedule is not None:
+            objective = transforms.scheduled_objective(objective, self.schedule, seed=seeds)
+        regions = attacks.linf_attack(objective, [job.region() for job in jobs], config, seed=seeds, on_step=on_step)
+        return [job.paste(region) for job, region in zip(jobs, regions)]
+
+
+class WholePhotoAttack:
+    """`robust="framing"`: one perturbation of the whole photo over views of the threat model
+    (`deepshield.framing`), `framing.VIEWS_PER_STEP` per model and step."""
+
+    def pixels(self, ensemble: Ensemble) -> int:
+        return max(framing.VIEWS_PER_STEP * size * size for size in ensemble.sizes)
+
+    def kept_bytes(self, ensemble: Ensemble, squares: Sequence[Sequence[int]], dtype: torch.dtype | None) -> int:
+        """Bytes a pass keeps: each photo's views under one target each, whatever its squares."""
+        return ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)] * len(squares), dtype, each_target=False)
+
+    def configure(self, config: attacks.AttackConfig) -> attacks.AttackConfig:
+        return replace(config, momentum=framing.MOMENTUM)
+
+    def attack(self, jobs: list[Job], ensemble: Ensemble, references: list[Tensor], config: attacks.AttackConfig, seeds: list[int],
+               on_step: attacks.StepCallback | None, passes: Callable[[attacks.Objective], attacks.Objective]) -> list[Tensor]:
+        threat = views.DEFAULT_THREAT_MODEL
+        whole = [framing.WholePhoto.of(job.original, job.photo.grayscale, ensemble.sizes, ensemble.framed_faces(job), threat) for job in jobs]
+        targets = [ensemble.targets(i) for i in range(len(ensemble.models))]
+        objective = passes(framing.objective(whole, ensemble.sizes, ensemble.generate, seeds, threat, targets))
+        deltas = attacks.linf_attack(objective, [w.start() for w in whole], config, seed=seeds, on_step=on_step)
+        return [w.full_resolution(job.original, delta) for w, job, delta in zip(whole, jobs, deltas)]
+
+
+def attack_strategy(robust: str | None) -> RegionAttack | WholePhotoAttack:
+    """How a protection mode attacks: the whole photo for "framing", each model's squares else."""
+    return WholePhotoAttack() if robust == "framing" else RegionAttack(robust)
+
+
 class Pipeline:
     """Attacks photos on `device`, the generators' passes under autocast to `autocast_dtype`
     (None: fp32), as many photos to a pass as its memory holds, and measures each result."""
@@ -242,11 +299,8 @@ class Pipeline:
     def images_per_pass(self, ensemble: Ensemble, robust: str | None = None) -> int:
         """How many photos of a request to attack together (`photos_per_pass`; one face per
         photo assumed; every target is a sample, or with `robust="framing"` every view)."""
-        if robust == "framing":
-            pixels = max(framing.VIEWS_PER_STEP * size * size for size in ensemble.sizes)
-            return self.photos_per_pass(pixels, ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)], self.autocast_dtype, each_target=False))
-        pixels = max(ensemble.targets(i) * size * size for i, size in enumerate(ensemble.sizes))
-        return self.photos_per_pass(pixels, ensemble.kept_bytes([[1] * len(ensemble.models)], self.autocast_dtype))
+        strategy = attack_strategy(robust)
+        return self.photos_per_pass(strategy.pixels(ensemble), strategy.kept_bytes(ensemble, [[1] * len(ensemble.models)], self.autocast_dtype))
 
     def photos_per_pass(self, pixels: int, kept: int) -> int:
         """How many photos to attack together when one photo's pass has `pixels` generator input
@@ -301,33 +355,21 @@ class Pipeline:
     ) -> list[ProtectionResult]:
         started = time.perf_counter()
         jobs = self._jobs(photos, ensemble, detect_faces, faces)
-        if robust == "framing":
-            kept = ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)] * len(jobs), self.autocast_dtype, each_target=False)
-        else:
-            kept = ensemble.kept_bytes([[len(boxes) for boxes in job.boxes] for job in jobs], self.autocast_dtype)
+        strategy = attack_strategy(robust)
+        kept = strategy.kept_bytes(ensemble, [[len(boxes) for boxes in job.boxes] for job in jobs], self.autocast_dtype)
         if kept > memory.free_bytes(self.device):  # would fail mid-pass, or wake the kernel's OOM killer on a CPU
             raise torch.OutOfMemoryError(f"a pass over {len(jobs)} photo(s) keeps about {kept / 2**30:.1f} GiB")
         regions = [job.region() for job in jobs]
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
-        if robust == "framing":
-            whole = [framing.WholePhoto.of(job.original, job.photo.grayscale, ensemble.sizes, ensemble.framed_faces(job), views.DEFAULT_THREAT_MODEL) for job in jobs]
-            targets = [ensemble.targets(i) for i in range(len(ensemble.models))]
-            objective = framing.objective(whole, ensemble.sizes, ensemble.generate, seeds, views.DEFAULT_THREAT_MODEL, targets)
-            config = replace(config, momentum=framing.MOMENTUM)
-        else:
-            objective = ensemble.objective(jobs, references)
-        if self.autocast_dtype is not None:  # the generators' passes; sharing transforms stay fp32
-            objective = _autocast(objective, self.device.type, self.autocast_dtype)
-        if robust == "eot":
-            objective = transforms.scheduled_objective(objective, transforms.sharing_transforms, seed=seeds)
-        elif robust == "spread-spectrum":
-            objective = transforms.scheduled_objective(objective, transforms.spread_spectrum_blurs, seed=seeds)
-        if robust == "framing":
-            deltas = attacks.linf_attack(objective, [w.start() for w in whole], config, seed=seeds, on_step=on_step)
-            adversarial = [w.full_resolution(job.original, d) for w, job, d in zip(whole, jobs, deltas)]
-        else:
-            adversarial = [job.paste(region) for job, region in zip(jobs, attacks.linf_attack(objective, regions, config, seed=seeds, on_step=on_step))]
+        config = strategy.configure(config)
+
+        def passes(objective: attacks.Objective) -> attacks.Objective:
+            if self.autocast_dtype is None:
+                return objective
+            return _autocast(objective, self.device.type, self.autocast_dtype)  # the generators' passes; sharing transforms stay fp32
+
+        adversarial = strategy.attack(jobs, ensemble, references, config, seeds, on_step, passes)
         seconds = (time.perf_counter() - started) / len(jobs)
         header = {
             **ensemble.describe(),
@@ -380,12 +422,7 @@ class Pipeline:
         height, width = job.photo.rgb.shape[:2]
         generator = torch.Generator().manual_seed(views.EVALUATION_SEED + seed)
         drawn = views.DEFAULT_THREAT_MODEL.framing_only().sample(height, width, robustness.FRAMING_VIEWS, generator, ensemble.framed_faces(job)[0])
-        count = ensemble.targets(0)
-
-        def per_target(frames: Tensor) -> Tensor:
-            picks = torch.arange(count).repeat(frames.shape[0])
-            return ensemble.generate(0, frames.repeat_interleave(count, dim=0), picks).view(frames.shape[0], count, *frames.shape[1:])
-
+        per_target = robustness.frames_deepfake(model.generator, conditions)
         merged["framings"], examples = robustness.framings_report(job.photo.rgb, protected, drawn, size, per_target, self.device)
         shown = [(Image.fromarray(clean), Image.fromarray(fake), _caption(view)) for clean, fake, view in examples]
         return merged, shown

@@ -173,6 +173,20 @@ FramesDeepfakeFn = Callable[[Tensor], Tensor]
 """Model inputs [N, 3, s, s] on [-1, 1] -> outputs [N, T, 3, s, s] (T targets; 1 if unconditional)."""
 
 
+def frames_deepfake(generator: torch.nn.Module, conditions: Tensor | None = None) -> FramesDeepfakeFn:
+    """A `FramesDeepfakeFn` for one generator: every frame once per condition row [T, c_dim]
+    (the rows on the generator's device), or once when unconditional."""
+
+    def deepfake(frames: Tensor) -> Tensor:
+        if conditions is None:
+            return generator(frames).unsqueeze(1)
+        count = conditions.shape[0]
+        outputs = generator(frames.repeat_interleave(count, dim=0), conditions.to(frames.device).repeat(frames.shape[0], 1))
+        return outputs.view(frames.shape[0], count, *outputs.shape[1:])
+
+    return deepfake
+
+
 def framings_report(
     original_rgb: np.ndarray,
     protected_rgb: np.ndarray,

@@ -35,6 +35,14 @@ def test_ssim_matches_scikit_image(shape, noise):
     assert metrics.ssim(a, a) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("band_pixels", [1, 500, 4000])
+def test_ssim_in_row_bands_matches_scikit_image(monkeypatch, band_pixels):
+    """Bands of one row, of a few rows and of uneven height give the same mean as one pass."""
+    monkeypatch.setattr(metrics, "SSIM_BAND_PIXELS", band_pixels)
+    a, b = _pair((101, 67, 3), seed=5, noise=20)
+    assert metrics.ssim(a, b) == pytest.approx(_scikit_ssim(a, b), abs=1e-5)
+
+
 def test_ssim_of_images_under_three_pixels_is_none():
     a, b = _pair((2, 40, 3), seed=0, noise=10)
     assert metrics.ssim(a, b) is None
