@@ -378,7 +378,7 @@ def probe_gradio_queue(url: str, config: LoadConfig) -> dict[str, Any]:
     message and Retry-After, and every admitted call must complete."""
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": (PHOTO.name, PHOTO.read_bytes(), "image/png")}, timeout=30).json()[0]
     photo = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
-    data = [photo, config.model, "pgd", 0.05, config.iterations, 0.01, 0, [], True, "off", False, 0]  # the raw API takes every input
+    data = [photo, config.model, "pgd", 0.05, config.iterations, 0.01, 0, [], True, "off", False, 0, []]  # the raw API takes every input (faces last: [] = all)
 
     def call(index: int) -> httpx.Response:
         return httpx.post(f"{url}gradio_api/call/protect", json={"data": data}, headers=identity(8, index), timeout=30)
