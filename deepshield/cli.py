@@ -13,6 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from deepshield import attacks
+from deepshield import faces as face_detection
 from deepshield.devices import COMPILE_MODES, PRECISIONS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 def _indices(text: str) -> list[int]:
     """`--faces 0,2` -> [0, 2] (face numbers as the report lists them)."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return face_detection.parse_numbers(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected face numbers separated by commas, like 0,2; got {text!r}") from None
 

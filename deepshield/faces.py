@@ -150,7 +150,8 @@ class FaceBox:
 
     def as_dict(self) -> dict[str, Any]:
         """The report's entry: box, score (3 decimals), landmarks by name ([x, y], 1 decimal)."""
-        marks = {name: [round(x, 1), round(y, 1)] for name, (x, y) in zip(LANDMARKS, self.landmarks, strict=False)}
+        points = self.landmarks or ()
+        marks = {name: [round(x, 1), round(y, 1)] for name, (x, y) in zip(LANDMARKS, points, strict=True)} if points else {}
         return {"box": self.as_list(), "score": round(self.score, 3), "landmarks": marks}
 
     @classmethod
@@ -251,6 +252,12 @@ def box_iou(a: FaceBox, b: FaceBox) -> float:
     inter = ix * iy
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
+
+
+def parse_numbers(text: str) -> list[int]:
+    """Face numbers written as "0,2" (blanks between commas ignored) -> [0, 2]; ValueError
+    when a part is not an integer. The CLI's `--faces` and the UI's text form take this."""
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def select(found: Sequence[FaceBox], indices: Sequence[int] | None) -> list[FaceBox]:

@@ -132,9 +132,10 @@ def _face_numbers(value: Any) -> list[int] | None:
     """/protect's `faces` (a list of numbers, or "0,2") -> engine `faces`; empty or None: all."""
     if value in (None, "", []):
         return None
-    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
     try:
-        return [int(p) for p in parts if str(p).strip() != ""]
+        if isinstance(value, str):
+            return face_detection.parse_numbers(value)
+        return [int(p) for p in (value if isinstance(value, list | tuple) else [value]) if str(p).strip() != ""]
     except (TypeError, ValueError):
         raise InvalidParameterError(f"faces must be face numbers (0, 1, ...) as the report lists them, got {value!r}") from None
 
