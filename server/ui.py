@@ -124,6 +124,8 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     budget = {"strength": epsilon.lower()} if isinstance(epsilon, str) else {"epsilon": epsilon}
     params = {key: options[key] for key in ("iterations", "step_size", "seed", "targets", "ssim_floor") if options[key] is not None}
     params |= {"detect_faces": options["detect_faces"], "robust": options["robust"] or "off", "check_robustness": options["check_robustness"]}
+    if options.get("faces") is not None:
+        params["faces"] = options["faces"]
     return {"model_type": options["model"], "attack_method": options["attack"], "attack_params": {**budget, **params},
             "output_format": "png", "return_deepfakes": False}
 
@@ -581,12 +583,14 @@ class Handlers:
         robust: Any = DEFAULT_ROBUST,
         check_robustness: Any = False,
         ssim_floor: Any = 0,
+        faces: Any = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[tuple[str, str]], str, list[dict[str, Any]]]:
         """Protect many photos (files and/or zips of images) as a batch job (the same jobs as
         POST /api/v1/protect/batch). Returns (gallery, zip of `<stem>.png` files and report.json,
-        per-image reports; a photo that failed has `error` instead of metrics)."""
+        per-image reports; a photo that failed has `error` instead of metrics). `faces`: the face
+        numbers to protect in every photo, as each report numbers them; empty or None: every face."""
         with _user_errors():
             self._rate_limit(request)
             workdir = self.store.new_dir()
@@ -596,6 +600,7 @@ class Handlers:
             options = _attack_options(
                 model, attack, epsilon, iterations, step_size, seed, targets, detect_faces, robust, check_robustness, ssim_floor
             )
+            options["faces"] = _face_numbers(faces)
             self._require_local_weights(options["model"])
             try:
                 task_id = self.jobs.submit([JobInput(u.name, u.path.read_bytes()) for u in batch], _job_options(options))
@@ -749,7 +754,7 @@ protected, fake_original, fake_protected, metrics = client.predict(
 print(metrics["perturbation"], metrics["disruption"], metrics["faces"], metrics["robustness"]["framings"])
 gallery, zip_path, report = client.predict(
     [handle_file("a.jpg"), handle_file("b.png")], "cyclegan-vintage", "pgd", 0.05, 10, 0.01, -1, [],
-    api_name="/protect_batch",            # the same trailing options as /protect may follow (all but faces)
+    api_name="/protect_batch",            # the same trailing options as /protect may follow; faces apply to every photo
 )
 pairs, verdict = client.predict(handle_file("me.jpg"), handle_file("me-from-the-site.jpg"), [], api_name="/verify")
 models = client.predict(api_name="/models")   # as `python -m deepshield models --json`
@@ -866,6 +871,8 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
                         files_in = gr.File(file_count="multiple", file_types=["image", ".zip"],
                                            label=f"Photos or a .zip of photos (up to {settings.max_batch_size})", elem_id="batch-files")
                         batch_controls = _attack_controls(handlers, "batch", check_robustness=False)
+                        batch_faces = gr.Textbox(label="Faces to protect in every photo (numbers as each report lists them, e.g. 0,2; empty = all)",
+                                                 elem_id="batch-faces")
                         batch_button = gr.Button("Protect all", variant="primary", elem_id="batch-button")
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(label="Protected photos", columns=4, format="png", elem_id="batch-gallery")
@@ -936,7 +943,7 @@ def build_demo(engine: Engine, settings: Settings, jobs: JobBackend, limiter: Sl
         )
         batch_button.click(
             handlers.protect_batch,
-            inputs=[files_in, *batch_controls.api_inputs()],
+            inputs=[files_in, *batch_controls.api_inputs(), batch_faces],
             outputs=[gallery, batch_zip, batch_report],
             api_name="protect_batch", preprocess=False, **engine_events,
         ).success(report_rows, inputs=batch_report, outputs=batch_table, **private)

@@ -25,7 +25,7 @@ from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.manifest import load_manifest
 from server import ui
 from server.settings import Settings
-from tests.conftest import HAIR, REPO, TINY_PARAMS, tiny_models
+from tests.conftest import FACES, HAIR, REPO, TINY_PARAMS, make_spec, tiny_models
 from tests.live_server import build_app, running
 from tests.original_layout import save_state
 
@@ -45,11 +45,13 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One server for the module: the real manifest plus two tiny models, already in memory, and
-    a models-folder model `folder-stargan` (seen while DEEPSHIELD_MODELS_DIR names its folder)."""
+    """One server for the module: the real manifest plus three tiny models (one a face model),
+    and a models-folder model `folder-stargan` (seen while DEEPSHIELD_MODELS_DIR names its folder)."""
     root = tmp_path_factory.mktemp("gradio-api")
     (root / "models").mkdir()
     specs = {**load_manifest(), **tiny_models(root / "models")}
+    specs["tiny-face"] = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                                   targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
     save_state(root / "models" / "folder-stargan" / "200000-G.ckpt", "stargan", TINY_PARAMS["stargan"], seed=7)
     (root / "models" / "folder-stargan" / "config.json").write_text(json.dumps({"image_size": 32}))
     # max_queue=0: nothing waits inside the engine, so a held slot makes the next request "busy".
@@ -60,6 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env.setenv("DEEPSHIELD_CACHE_DIR", str(root / "cache"))
         engine.load("tiny-cyclegan")
         engine.load("tiny-stargan")
+        engine.load("tiny-face")
         app = build_app(engine, settings)
     with running(app) as url:
         client = Client(url, verbose=False, download_files=str(root / "downloads"), analytics_enabled=False)
@@ -90,7 +93,7 @@ def test_the_api_page_lists_exactly_the_endpoints_in_the_fixed_order(served):
     assert set(endpoints) == {"/protect", "/protect_batch", "/verify", "/models"}
     options = ["model", "attack", "epsilon", "iterations", "step_size", "seed", "targets", "detect_faces", "robust", "check_robustness", "ssim_floor"]
     assert [p["parameter_name"] for p in endpoints["/protect"]["parameters"]] == ["image", *options, "faces"]
-    assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]] == ["images", *options]
+    assert [p["parameter_name"] for p in endpoints["/protect_batch"]["parameters"]] == ["images", *options, "faces"]
     assert [p["parameter_name"] for p in endpoints["/verify"]["parameters"]] == ["original", "shared", "models"]
     assert len(endpoints["/protect"]["returns"]) == 4 and len(endpoints["/protect_batch"]["returns"]) == 3
     assert len(endpoints["/verify"]["returns"]) == 2
@@ -364,6 +367,21 @@ def test_protect_takes_face_numbers_last(served, tmp_path):
     assert metrics["faces"] == [] and metrics["crop"] == "centre"
     error = _error_of(served, handle_file(str(source)), "tiny-cyclegan", "pgd", EPSILON, 1, 0.01, 0, [], True, "off", False, 0, "left")
     assert "face numbers" in error
+
+
+def test_protect_batch_protects_the_chosen_face_numbers_in_every_photo(served, tmp_path):
+    """/protect_batch's last parameter `faces`: the same face numbers for each photo of the batch;
+    the others are listed but left out, and a photo without that face number is that photo's error."""
+    two = tmp_path / "two.jpg"
+    two.write_bytes((FACES / "face_008.jpg").read_bytes())
+    one = tmp_path / "one.jpg"
+    one.write_bytes((FACES / "face_001.jpg").read_bytes())
+    _, _, report = served.client.predict(
+        [handle_file(str(two)), handle_file(str(one))], "tiny-face", "pgd", EPSILON, 1, 0.01, 0, ["Male"], True, "off", False, 0, "1",
+        api_name="/protect_batch",
+    )
+    assert [(f["index"], f["protected"]) for f in report[0]["faces"]] == [(0, False), (1, True)]
+    assert "out of range" in report[1]["error"]  # face_001 has one face: that photo fails, the batch goes on
 
 
 def test_the_protect_tab_shows_the_faces_found_and_ticks_each(make_engine):
