@@ -40,7 +40,7 @@ from server.settings import Settings
 
 log = logging.getLogger("deepshield.ui")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PHOTO = REPO / "examples" / "synthetic-portrait.png"
 EXAMPLE_MODEL = "cyclegan-vintage"
 
