@@ -67,7 +67,7 @@ SMALL_FACE_SCALE = 0.45
 """Photos whose longest side is over `MAX_SIDE / SMALL_FACE_SCALE` (2133 px) get a second pass
 on a copy at this scale, so a 40 px face keeps 18 px, above YuNet's smallest; only faces too
 small for the first copy (under `SMALL_FACE_PX` there) and not found by it are taken from it.
-A 12 MP photo (4000x3000) takes 0.8 s in all on the build machine, 2x faster than the
+A 12 MP photo (4000x3000) takes 1.0 s in all on the build machine, 1.7x faster than the
 cascades were (bench/RESULTS.md)."""
 
 SMALL_FACE_PX = 32
