@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepshield import attacks, imaging, metrics, perceptual, robustness
+from deepshield import attacks, imaging, locate, metrics, perceptual, robustness
 from deepshield import verify as verification
 from deepshield.admission import Admission
 from deepshield.coalesce import RequestPool, Ticket
@@ -323,11 +323,14 @@ class Engine:
         detect_faces: bool = True,
         allow_download: bool = True,
     ) -> verification.VerifyResult:
-        """Is `shared` (a protected photo after sharing: recompressed, resized) still protected?
+        """Is `shared` (a protected photo after sharing: recompressed, cropped, resized, mirrored,
+        turned by quarters, framed) still protected?
 
-        For each model (default: every photo model whose weights are here), compare its
-        deepfakes of the shared copy with those of the original shared the same way (see
-        `deepshield.verify`). `targets` as in `protect_batch` (single model only).
+        Finds where the copy sits in the original (`deepshield.locate`; CopyNotLocatedError when
+        it cannot: too small, another photo, too altered), then for each model (default: every
+        photo model whose weights are here) compares its deepfakes of the shared copy with those
+        of the original shared the same way (see `deepshield.verify`). `targets` as in
+        `protect_batch` (single model only).
         """
         names = list(models) if models else self.photo_models()
         if not names:
@@ -339,8 +342,8 @@ class Engine:
                 raise InvalidParameterError(f"model {name!r} translates semantic label maps, not photos: there is nothing to verify against it")
         before = imaging.load_photo(original, name="original" if isinstance(original, bytes) else None)
         copy = verification.read_shared(shared, name="shared" if isinstance(shared, bytes) else None)
-        verification.check_framing(before, copy.photo)
-        resized, baseline = verification.baseline(before, copy)
+        location = locate.locate(before.rgb, copy.photo.rgb, (before.name, copy.photo.name))
+        framed, baseline = verification.baseline(before, copy, location)
         loaded = [self.load(n, allow_download=allow_download) for n in names]
         checks = []
         with self.admission(), torch.no_grad():
@@ -349,7 +352,7 @@ class Engine:
                 size = self._cache.model_size(model, None)
                 deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
                 (boxes,), found, _ = model_squares(baseline, [model], detect_faces)
-                outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
+                outputs = [(deepfake(framed, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
                 against_baseline = [metrics.disruption_metrics(fake, ref) for _, ref, fake in outputs]
                 mse = float(np.mean([m["mse"] for m in against_baseline]))
                 checks.append(
@@ -364,7 +367,7 @@ class Engine:
                         deepfake_shared=Image.fromarray(imaging.to_uint8(outputs[0][2][0])),
                     )
                 )
-        return verification.VerifyResult(verification.describe(before, copy), checks)
+        return verification.VerifyResult(verification.describe(before, copy, location), checks)
 
 
 _DEFAULT_ENGINE: Engine | None = None
