@@ -25,7 +25,7 @@ Coordinates: edge coordinates throughout (pixel i spans [i, i + 1)), as 3x3 affi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -58,8 +58,13 @@ RATIO_TEST = 0.75
 """Lowe's ratio: a match is kept when its distance is under this share of the second best's."""
 MAX_TURN_ERROR = 3.0
 """Degrees a fitted turn may be off a multiple of 90 (a copy turned by hand is refused)."""
-MAX_STRETCH = 0.02
-"""Relative difference of the horizontal and vertical scale allowed (a stretched copy is refused)."""
+MAX_STRETCH = (0.05, 0.02)
+"""Relative difference of the horizontal and vertical scale allowed (a stretched copy is refused):
+for the features' affine fit on the small copies, and for the refined fit, each plus the rounding
+of the copy's size (1 px of its shorter side)."""
+PURE_LEVELS = 2
+"""A border channel within this many levels of 0 or 255 is taken as pure black or white (JPEG
+moves them by a level or two)."""
 BORDER_UNIFORMITY = 12.0
 """Largest standard deviation (levels of 255) of a border row or column (JPEG rings in it)."""
 BORDER_DIFFERENCE = 16.0
@@ -130,10 +135,11 @@ def locate(original: np.ndarray, copy: np.ndarray, names: tuple[str, str] = ("or
     centre = (copy.shape[1] / 2, copy.shape[0] / 2)
     to_original = _snap(to_original, centre, names)
     border, fill = _find_border(gray_original, copy, to_original, names)
-    to_original = _snap(_refine(gray_original, gray_copy, to_original, border), centre, names)
+    refined = _refine(gray_original, gray_copy, to_original, border)
+    _check_scales(refined, MAX_STRETCH[1] + 1 / (min(copy.shape[:2]) - max(border)), names)
+    to_original = _snap(refined, centre, names)
     border, fill = _find_border(gray_original, copy, to_original, names)
-    location = _location(to_original, original.shape, copy.shape, border, fill, matches, names)
-    _check_likeness(original, copy, location, names)
+    location = _settle(original, copy, _location(to_original, original.shape, copy.shape, border, fill, matches, names), names)
     return location
 
 
@@ -163,6 +169,7 @@ def _coarse_fit(gray_original: np.ndarray, gray_copy: np.ndarray, names: tuple[s
     original_points, original_features = sift.detectAndCompute(small_original, None)
     mirror = _mirror(small_copy.shape[1])
     best: tuple[int, Matrix | None] = (0, None)
+    best_pairs: tuple[np.ndarray, np.ndarray, float] | None = None
     for flip in (np.eye(3), mirror):
         candidate = small_copy if flip is not mirror else np.ascontiguousarray(small_copy[:, ::-1])
         copy_points, copy_features = sift.detectAndCompute(candidate, None)
@@ -181,9 +188,12 @@ def _coarse_fit(gray_original: np.ndarray, gray_copy: np.ndarray, names: tuple[s
         fit, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0)
         count = int(inliers.sum()) if inliers is not None else 0
         if fit is not None and count > best[0]:
+            best_pairs = (source, target, MAX_STRETCH[0] + 1 / min(candidate.shape))
             # working copy (flipped or not) -> working original, then back to full resolution
             best = (count, _scaling(1 / original_factor) @ np.vstack([fit, [0, 0, 1]]) @ flip @ _scaling(copy_factor))
     count, to_original = best
+    if best_pairs is not None and count >= MIN_INLIERS:
+        _check_stretch(*best_pairs, names)
     if to_original is not None and not SCALES[0] <= 1 / math.sqrt(abs(np.linalg.det(to_original[:2, :2])) + 1e-12) <= SCALES[1]:
         count, to_original = 0, None
     if (to_original is None or count < MIN_INLIERS) and min(gray_copy.shape) < SMALL_COPY_SIDE:
@@ -197,6 +207,22 @@ def _coarse_fit(gray_original: np.ndarray, gray_copy: np.ndarray, names: tuple[s
     return to_original, count
 
 
+def _check_stretch(source: np.ndarray, target: np.ndarray, tolerance: float, names: tuple[str, str]) -> None:
+    """Refuse matched points [N, 2] that a general affine map ties with scales in x and y
+    differing by more than `tolerance` (a stretched copy, which a similarity cannot express)."""
+    affine, inliers = cv2.estimateAffine2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    if affine is None or inliers is None or int(inliers.sum()) < MIN_INLIERS:
+        return
+    _check_scales(affine, tolerance, names)
+
+
+def _check_scales(affine: np.ndarray, tolerance: float, names: tuple[str, str]) -> None:
+    """Refuse an affine map (2x3 or 3x3) whose x and y scales differ by more than `tolerance`."""
+    scales = np.linalg.norm(affine[:2, :2], axis=0)
+    if abs(scales[0] / scales[1] - 1) > tolerance:
+        raise CopyNotLocatedError("too_altered", f"{names[1]} is stretched against {names[0]} (width and height scaled differently): too altered to verify")
+
+
 def _snap(to_original: Matrix, centre: tuple[float, float], names: tuple[str, str]) -> Matrix:
     """The nearest map of scale x quarter turn x mirror (+ shift) that maps the copy's `centre`
     (x, y) where `to_original` does: refuses turns off a multiple of 90 degrees and stretched copies."""
@@ -208,9 +234,6 @@ def _snap(to_original: Matrix, centre: tuple[float, float], names: tuple[str, st
     off = abs((angle - quarter * 90 + 180) % 360 - 180)
     if off > MAX_TURN_ERROR:
         raise CopyNotLocatedError("too_altered", f"{names[1]} is turned by {angle:.1f} degrees against {names[0]}; verify follows turns by multiples of 90 degrees only")
-    scales = np.linalg.norm(linear, axis=0)
-    if abs(scales[0] / scales[1] - 1) > MAX_STRETCH:
-        raise CopyNotLocatedError("too_altered", f"{names[1]} is stretched against {names[0]} (width and height scaled differently): too altered to verify")
     scale = float(math.sqrt(abs(np.linalg.det(linear))))
     turn = np.round(np.array([[math.cos(quarter * math.pi / 2), -math.sin(quarter * math.pi / 2)], [math.sin(quarter * math.pi / 2), math.cos(quarter * math.pi / 2)]]))
     snapped = np.eye(3)
@@ -248,8 +271,13 @@ def _find_border(gray_original: np.ndarray, copy: np.ndarray, to_original: Matri
         raise CopyNotLocatedError("too_altered", f"{names[1]}: little of it matches {names[0]} (a frame of {left}/{top}/{right}/{bottom} px): too altered to verify")
     ring = np.ones((height, width), bool)
     ring[top : height - bottom, left : width - right] = False
-    fill = tuple(int(v) for v in np.median(copy[ring], axis=0)) if ring.any() else (0, 0, 0)
+    fill = tuple(_pure(int(v)) for v in np.median(copy[ring], axis=0)) if ring.any() else (0, 0, 0)
     return (left, top, right, bottom), fill  # type: ignore[return-value]
+
+
+def _pure(level: int) -> int:
+    """0 or 255 for a level within `PURE_LEVELS` of them, else the level."""
+    return 0 if level <= PURE_LEVELS else 255 if level >= 255 - PURE_LEVELS else level
 
 
 def _refine(gray_original: np.ndarray, gray_copy: np.ndarray, to_original: Matrix, border: tuple[int, int, int, int]) -> Matrix:
@@ -272,10 +300,10 @@ def _refine(gray_original: np.ndarray, gray_copy: np.ndarray, to_original: Matri
     rx0, ry0, _ = to_region @ (x0, y0, 1)
     rx1, ry1, _ = to_region @ (x1, y1, 1)
     valid[max(0, round(ry0) + 2) : max(0, round(ry1) - 2), max(0, round(rx0) + 2) : max(0, round(rx1) - 2)] = 1
-    warp = (to_region @ to_original @ _scaling(1 / factor)).astype(np.float32)
+    warp = to_region @ to_original @ _scaling(1 / factor)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
     try:
-        _, fitted = cv2.findTransformECC(small_copy.astype(np.float32), region.astype(np.float32), _centres(warp)[:2].copy(), cv2.MOTION_AFFINE, criteria, valid, 3)
+        _, fitted = cv2.findTransformECC(small_copy.astype(np.float32), region.astype(np.float32), _centres(warp)[:2].astype(np.float32), cv2.MOTION_AFFINE, criteria, valid, 3)
     except cv2.error:
         return to_original
     return np.linalg.inv(to_region) @ _edges(np.vstack([fitted, [0, 0, 1]])) @ _scaling(factor)
@@ -295,20 +323,52 @@ def _location(
     forward = np.round(forward / math.sqrt(abs(np.linalg.det(forward))))
     mirror, quarter = np.diag([-1.0, 1.0]), np.array([[0.0, 1.0], [-1.0, 0.0]])  # np.rot90 (k=1) on x, y
     mirrored, turns = next((m, k) for m in (False, True) for k in range(4) if np.array_equal(np.linalg.matrix_power(quarter, k) @ (mirror if m else np.eye(2)), forward))
-    return Location(box, 1 / math.sqrt(abs(np.linalg.det(to_original[:2, :2]))), mirrored, 90 * turns, border, fill, (width - left - right, height - top - bottom), matches)
+    located = Location(box, 1.0, mirrored, 90 * turns, border, fill, (width - left - right, height - top - bottom), matches)
+    return replace(located, scale=_box_scale(box, located))
 
 
-def _check_likeness(original: np.ndarray, copy: np.ndarray, location: Location, names: tuple[str, str]) -> None:
-    """Refuse a location under which the original does not look like the copy."""
+def _settle(original: np.ndarray, copy: np.ndarray, location: Location, names: tuple[str, str]) -> Location:
+    """The location with each box edge moved by a pixel where that makes the original taken
+    through it closer to the copy (mean absolute difference), so a copy made with PIL's bicubic
+    filter is reproduced exactly; refuses a location under which the original does not look like
+    the copy (median absolute difference over `MAX_MEDIAN_DIFFERENCE`)."""
     left, top, right, bottom = location.border
     height, width = copy.shape[:2]
-    framed = frame(original, location)
     content = (slice(top, height - bottom), slice(left, width - right))
-    difference = float(np.median(np.abs(_gray(framed)[content].astype(np.int16) - _gray(copy)[content].astype(np.int16))))
+    target = copy[content].astype(np.int16)
+
+    def distance(candidate: Location) -> float:
+        return float(np.abs(frame(original, candidate)[content].astype(np.int16) - target).mean())
+
+    best, best_distance = location, distance(location)
+    for _ in range(2):
+        moved = False
+        for edge in range(4):
+            for step in (-1, 1):
+                box = list(best.box)
+                box[edge] += step
+                if not (0 <= box[0] < box[2] <= original.shape[1] and 0 <= box[1] < box[3] <= original.shape[0]):
+                    continue
+                candidate = replace(best, box=tuple(box), scale=_box_scale(tuple(box), best))  # type: ignore[arg-type]
+                if (d := distance(candidate)) < best_distance:
+                    best, best_distance, moved = candidate, d, True
+        if not moved:
+            break
+    difference = float(np.median(np.abs(_gray(frame(original, best))[content].astype(np.int16) - _gray(copy)[content].astype(np.int16))))
     if difference > MAX_MEDIAN_DIFFERENCE:
         raise CopyNotLocatedError(
-            "too_altered", f"{names[1]} differs from {names[0]} where it was located ({difference:.0f} levels of 255 apart, at most {MAX_MEDIAN_DIFFERENCE:g}): too altered to verify"
+            "too_altered",
+            f"{names[1]} matches {names[0]} in {location.matches} features but its pixels differ ({difference:.0f} levels of 255 apart, at most {MAX_MEDIAN_DIFFERENCE:g}): "
+            "another shot of the scene, or a copy too altered (filtered, retouched) to verify",
         )
+    return best
+
+
+def _box_scale(box: tuple[int, int, int, int], location: Location) -> float:
+    """Copy px per original px of a box shown at the location's content size (mean of both axes)."""
+    width, height = location.content_size
+    across, down = (width, height) if location.rotation in (0, 180) else (height, width)
+    return (across / (box[2] - box[0]) + down / (box[3] - box[1])) / 2
 
 
 # ----------------------------------------------------------------------------- affine helpers
