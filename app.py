@@ -4,8 +4,8 @@
     python app.py --share      # also ask Gradio for a public share link (or GRADIO_SHARE=1)
 
 Settings come from the environment (README "Server settings", `.env.example`). This file only
-wires parts together; the UI lives in server/ui.py, the REST API in server/rest.py, and all
-tensor work in the deepshield package.
+wires parts together; the UI lives in server/ui/ (a module per tab), the REST API in
+server/rest.py, and all tensor work in the deepshield package.
 """
 
 from __future__ import annotations

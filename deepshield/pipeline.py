@@ -83,8 +83,9 @@ Box = tuple[int, int, int]
 
 @dataclass
 class Job:
-    """One photo of a request: the squares each model sees (one per face, or the centred square)
-    and the smallest region holding them all, which is what the attack perturbs."""
+    """One photo of a request: the squares each model sees (one per face, or the centred square;
+    a face's square is levelled by the face's roll) and the smallest region holding every pixel
+    they read, which is what the attack perturbs."""
 
     photo: imaging.Photo
     original: Tensor  # [1, 3, H, W] in [-1, 1] on the device
@@ -99,14 +100,14 @@ class Job:
 
     def __post_init__(self) -> None:
         squares = [box for per_model in self.boxes for box in per_model]
-        self.top = min(t for t, _, _ in squares)
-        self.left = min(left for _, left, _ in squares)
-        self.bottom = max(t + side for t, _, side in squares)
-        self.right = max(left + side for _, left, side in squares)
-        mask = torch.zeros(1, 1, self.bottom - self.top, self.right - self.left, dtype=torch.bool, device=self.original.device)
-        for t, left, side in squares:
-            mask[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] = True
-        self.mask = mask
+        height, width = self.original.shape[-2:]
+        bounds = [views.square_bounds(box, height, width) for box in squares]
+        self.top, self.left = min(b[0] for b in bounds), min(b[1] for b in bounds)
+        self.bottom, self.right = max(b[2] for b in bounds), max(b[3] for b in bounds)
+        mask = torch.zeros(self.bottom - self.top, self.right - self.left, dtype=torch.bool)
+        for box in squares:
+            mask |= views.square_mask(box, self.top, self.left, *mask.shape)
+        self.mask = mask.view(1, 1, *mask.shape).to(self.original.device)
 
     def region(self, x: Tensor | None = None) -> Tensor:
         """The perturbed region of x [1, 3, H, W] (default: the original): [1, 3, h, w], or
@@ -118,7 +119,7 @@ class Job:
     def crops(self, index: int, region: Tensor) -> list[Tensor]:
         """The squares model `index` sees, cut from a region tensor (gradients flow through)."""
         region = region.expand(-1, 3, -1, -1)
-        return [region[:, :, t - self.top : t - self.top + side, left - self.left : left - self.left + side] for t, left, side in self.boxes[index]]
+        return [views.crop_square_tensor(region, box, self.top, self.left) for box in self.boxes[index]]
 
     def paste(self, region: Tensor) -> Tensor:
         full = self.original.clone()

@@ -89,7 +89,7 @@ def shifted_crop(images: Sequence[np.ndarray], box: Box, shift: tuple[int, int] 
     if pad_top or pad_left or pad_bottom or pad_right:
         widths = ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0))
         images = [np.pad(image, widths, mode="edge") for image in images]
-    return list(images), (top + pad_top, left + pad_left, side)
+    return list(images), views.moved(box, top + pad_top, left + pad_left)
 
 
 def _distance(fake: Tensor, reference: Tensor) -> float:
@@ -145,19 +145,15 @@ def generator_deepfake(
     *,
     device: torch.device | str | None = None,
 ) -> DeepfakeFn:
-    """A `DeepfakeFn` for one generator: crop `box`, the model's `center_crop_resize` to
-    `image_size`, then the generator (once per condition row [T, c_dim] when conditional).
-
-    With the engine, the same for an ensemble is
-    `lambda rgb, box: ensemble.deepfakes(i, [crop(imaging.to_tensor(rgb), box)])` per model i.
-    """
+    """A `DeepfakeFn` for one generator: the square `box` (levelled by its turn,
+    `views.crop_square`), the model's `center_crop_resize` to `image_size`, then the generator
+    (once per condition row [T, c_dim] when conditional)."""
     if device is None:
         parameter = next(generator.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
 
     def deepfake(rgb: np.ndarray, box: Box) -> Tensor:
-        top, left, side = box
-        x = imaging.to_tensor(np.ascontiguousarray(rgb), device)[:, :, top : top + side, left : left + side]
+        x = imaging.to_tensor(views.crop_square(rgb, box), device)
         batch = imaging.center_crop_resize(x, image_size)
         if conditions is None:
             return generator(batch)

@@ -34,6 +34,7 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 
 from deepshield import transforms
+from deepshield.faces import Square
 
 Box = tuple[int, int, int]
 """(top, left, side) of a square in the photo's pixels."""
@@ -124,7 +125,7 @@ class ThreatModel:
                 scale = 1 + _uniform(generator, -self.face_scale, self.face_scale)
                 cy = top + side / 2 + side * _uniform(generator, -self.face_shift, self.face_shift)
                 cx = left + side / 2 + side * _uniform(generator, -self.face_shift, self.face_shift)
-                roll = getattr(faces[index % len(faces)], "angle", 0.0)  # faces.Square: the aligned face's roll
+                roll = turn_of(faces[index % len(faces)])  # faces.Square: the aligned face's roll
                 side, angle = side * scale, roll + _uniform(generator, -self.face_angle, self.face_angle)
             else:
                 short = min(height, width)
@@ -199,7 +200,60 @@ def _upright_square(rgb: np.ndarray, cy: float, cx: float, side: float, angle: f
     return cv2.warpAffine(np.ascontiguousarray(rgb), matrix, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def turn_of(box: Box) -> float:
+    """The in-plane turn (degrees) a square carries: a face's roll (`faces.Square.angle`), else 0."""
+    return float(getattr(box, "angle", 0.0))
+
+
+def moved(box: Box, top: int, left: int) -> Square:
+    """The square `box` (same side and turn) with its first pixel at (top, left)."""
+    return Square(top, left, box[2], turn_of(box))
+
+
+def crop_square(rgb: np.ndarray, box: Box) -> np.ndarray:
+    """The square `box` of an image [H, W, C] uint8, levelled by its turn (see `_upright_square`):
+    [side, side, C]; a plain slice for an upright square inside the image."""
+    top, left, side = box
+    return _upright_square(rgb, top + side / 2, left + side / 2, side, turn_of(box))
+
+
+def square_bounds(box: Box, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right): the pixels of a `height` x `width` photo that the square's
+    crop reads (its own rows and columns when upright; a turned square's footprint, plus the one
+    pixel bilinear sampling reaches beyond it, clipped to the photo)."""
+    top, left, side = box
+    angle = math.radians(turn_of(box))
+    if angle == 0:
+        return top, left, top + side, left + side
+    half = side / 2 * (abs(math.cos(angle)) + abs(math.sin(angle))) + 1
+    cy, cx = top + side / 2, left + side / 2
+    return max(0, math.floor(cy - half)), max(0, math.floor(cx - half)), min(height, math.ceil(cy + half)), min(width, math.ceil(cx + half))
+
+
+def square_mask(box: Box, top: int, left: int, height: int, width: int) -> Tensor:
+    """Bool [height, width] over the window whose first pixel is (top, left) of the photo: True
+    where the square's crop reads (see `square_bounds`)."""
+    t, l, side = box
+    angle = math.radians(turn_of(box))
+    rows = torch.arange(height, dtype=torch.float32).view(-1, 1) + top + 0.5 - (t + side / 2)
+    cols = torch.arange(width, dtype=torch.float32).view(1, -1) + left + 0.5 - (l + side / 2)
+    if angle == 0:
+        return (rows.abs() < side / 2) & (cols.abs() < side / 2)
+    # coordinates along the square's own axes (the inverse of its turn), one pixel of margin
+    along = math.cos(angle) * cols + math.sin(angle) * rows
+    across = -math.sin(angle) * cols + math.cos(angle) * rows
+    return (along.abs() < side / 2 + 1) & (across.abs() < side / 2 + 1)
+
+
 # ----------------------------------------------------------------------------- differentiable (attacking)
+
+
+def crop_square_tensor(x: Tensor, box: Box, top: int = 0, left: int = 0) -> Tensor:
+    """`crop_square` on a tensor [1, C, h, w] that holds the photo from pixel (top, left) on,
+    differentiably: [1, C, side, side]."""
+    t, l, side = box
+    return _upright_square_tensor(x, t - top + side / 2, l - left + side / 2, side, turn_of(box))
+
 
 
 def frame(x: Tensor, view: View, size: int, scale: float = 1.0) -> Tensor:

@@ -107,19 +107,20 @@ def test_stargan_square_on_a_celeba_crop_is_its_training_crop() -> None:
 @pytest.mark.parametrize("turn", [-25, 25])
 def test_a_tilted_face_is_levelled(turn: float) -> None:
     """A face turned in the photo plane gets a square turned by its roll: rendered as the
-    framing threat model renders it, the eyes are level again (within 8 degrees, vs 25)."""
+    framing threat model renders it, the eyes are level again (within 5 degrees, vs 25; YuNet's
+    first read alone gives 17 of the 25 degrees, the levelled re-reads the rest)."""
     rgb = _photo(FACES / "face_016.jpg")
     height, width = rgb.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), turn, 1.0)
     tilted = cv2.warpAffine(rgb, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
     (face,) = detect_faces(tilted)
     square = crop_box(face, width, height, **STARGAN)
-    assert abs(square.angle + turn) < 8  # cv2's turn is counter-clockwise, the face's roll clockwise
+    assert abs(square.angle + turn) < 5  # cv2's turn is counter-clockwise, the face's roll clockwise
     top, left, side = square
     crop = views.render(tilted, views.View(top + side / 2, left + side / 2, side, square.angle), 256)
     (level,) = detect_faces(crop)
     (lx, ly), (rx, ry) = level.landmarks[:2]
-    assert abs(math.degrees(math.atan2(ry - ly, rx - lx))) < 8
+    assert abs(math.degrees(math.atan2(ry - ly, rx - lx))) < 5
 
 
 def test_face_jitter_is_centred_on_the_aligned_square() -> None:

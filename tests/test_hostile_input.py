@@ -155,7 +155,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env.setenv("DEEPSHIELD_MODELS_DIR", str(root / "models"))
         env.setenv("DEEPSHIELD_CACHE_DIR", str(root / "cache"))
         engine.load(MODEL)
-        env.setattr(ui, "OutputStore", functools.partial(ui.OutputStore, store))
+        env.setattr("server.ui.context.OutputStore", functools.partial(ui.OutputStore, store))  # where the handlers make their store
         settings = Settings(
             max_concurrent=1, max_queue_size=4, max_batch_size=BATCH_LIMIT, rate_limit_per_minute=0, log_level="WARNING", data_dir=str(jobs)
         )

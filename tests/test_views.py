@@ -97,3 +97,38 @@ def test_a_face_view_across_the_border_replicates_the_edge_both_ways():
     real = views.render(rgb, view, 32).astype(np.float64)
     torch_view = imaging.to_uint8(views.frame(imaging.to_tensor(rgb), view, 32)).astype(np.float64)
     assert np.abs(real - torch_view).mean() < 0.5
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.0, -33.0])
+def test_a_turned_square_reads_only_inside_its_bounds_and_mask(angle):
+    """A model square turned by a face's roll: the crop's gradient reaches no pixel outside
+    `square_bounds` and `square_mask` (what the plain attack perturbs), and the tensor crop
+    matches OpenCV's levelled crop of the 8-bit photo."""
+    from deepshield.faces import Square
+
+    rgb = smooth_photo()
+    box = Square(60, 90, 150, angle)
+    x = imaging.to_tensor(rgb).requires_grad_(True)
+    crop = views.crop_square_tensor(x, box)
+    assert crop.shape == (1, 3, 150, 150)
+    crop.sum().backward()
+    read = x.grad.abs().sum(dim=(0, 1)) > 0
+    top, left, bottom, right = views.square_bounds(box, 300, 400)
+    mask = torch.zeros(300, 400, dtype=torch.bool)
+    mask[top:bottom, left:right] = views.square_mask(box, top, left, bottom - top, right - left)
+    assert not bool((read & ~mask).any())
+    if angle == 0:
+        assert bool(torch.equal(read, mask))  # upright: exactly the square's pixels
+    else:
+        assert int(mask.sum()) < (bottom - top) * (right - left)  # the footprint, not its bounding box
+        assert (top, left) < (60, 90) and bottom > 210  # the turned corners reach outside the upright square
+    tools = imaging.to_tensor(views.crop_square(rgb, box))
+    assert float((tools - crop.detach()).abs().mean()) < 2 / 255
+
+
+def test_a_moved_square_keeps_its_side_and_turn():
+    from deepshield.faces import Square
+
+    moved = views.moved(Square(5, 6, 70, 12.5), 9, 11)
+    assert tuple(moved) == (9, 11, 70) and moved.angle == 12.5
+    assert views.moved((5, 6, 70), 1, 2).angle == 0.0
