@@ -17,6 +17,7 @@ from deepshield import faces as face_detection
 from deepshield.devices import COMPILE_MODES, PRECISIONS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
+from deepshield.verify import located_in_words
 from deepshield.weights import convert_checkpoint, resolve_weights
 
 NAME_MAX = 255  # bytes in one file name on common file systems
@@ -224,24 +225,11 @@ def _verify(args: argparse.Namespace) -> None:
         return
     shared = report["shared"]
     quality = f" quality ~{shared['jpeg_quality']}" if shared["jpeg_quality"] else ""
-    print(f"{shown(shared['name'])}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, {_where(report['located'])}")
+    print(f"{shown(shared['name'])}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, {located_in_words(report['located'])}")
     for check in result.checks:
         verdict = "still disrupted" if check.disrupted else "NOT disrupted"
         print(f"  {check.model:28} mse {check.mse:.4f} vs the original shared the same way: {verdict}")
     print("protected: " + ("yes, every model's deepfake is disrupted" if result.protected else "no"))
-
-
-def _where(located: dict[str, Any]) -> str:
-    """Where the copy sits in the original, in words: box, scale, mirror, turn, border."""
-    x0, y0, x1, y1 = located["box"]
-    words = [f"shows ({x0}, {y0})-({x1}, {y1}) of the original at scale {located['scale']:g}"]
-    if located["mirrored"]:
-        words.append("mirrored")
-    if located["rotation"]:
-        words.append(f"turned {located['rotation']} deg")
-    if any(located["border"]):
-        words.append("in a border of {}/{}/{}/{} px".format(*located["border"]))
-    return ", ".join(words)
 
 
 def _fetch(args: argparse.Namespace) -> None:

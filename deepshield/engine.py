@@ -322,6 +322,7 @@ class Engine:
         targets: Sequence[str] | None = None,
         detect_faces: bool = True,
         allow_download: bool = True,
+        names: tuple[str, str] | None = None,
     ) -> verification.VerifyResult:
         """Is `shared` (a protected photo after sharing: recompressed, cropped, resized, mirrored,
         turned by quarters, framed) still protected?
@@ -330,21 +331,23 @@ class Engine:
         it cannot: too small, another photo, too altered), then for each model (default: every
         photo model whose weights are here) compares its deepfakes of the shared copy with those
         of the original shared the same way (see `deepshield.verify`). `targets` as in
-        `protect_batch` (single model only).
+        `protect_batch` (single model only). `names` labels the two photos in the report and in
+        error messages (default: their file names; "original" and "shared" for bytes).
         """
-        names = list(models) if models else self.photo_models()
-        if not names:
+        original_name, shared_name = names or (None, None)
+        model_names = list(models) if models else self.photo_models()
+        if not model_names:
             raise InvalidParameterError("no photo model has its weights here; name one with --model (it will be downloaded)")
-        if targets and len(names) > 1:
+        if targets and len(model_names) > 1:
             raise InvalidParameterError("targets apply to a single conditional model, not several")
-        for name in names:
+        for name in model_names:
             if self.spec(name).preprocessing == "label_map":
                 raise InvalidParameterError(f"model {name!r} translates semantic label maps, not photos: there is nothing to verify against it")
-        before = imaging.load_photo(original, name="original" if isinstance(original, bytes) else None)
-        copy = verification.read_shared(shared, name="shared" if isinstance(shared, bytes) else None)
+        before = imaging.load_photo(original, name=original_name or ("original" if isinstance(original, bytes) else None))
+        copy = verification.read_shared(shared, name=shared_name or ("shared" if isinstance(shared, bytes) else None))
         location = locate.locate(before.rgb, copy.photo.rgb, (before.name, copy.photo.name))
         framed, baseline = verification.baseline(before, copy, location)
-        loaded = [self.load(n, allow_download=allow_download) for n in names]
+        loaded = [self.load(n, allow_download=allow_download) for n in model_names]
         checks = []
         with self.admission(), torch.no_grad():
             for model in loaded:

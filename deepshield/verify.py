@@ -132,3 +132,16 @@ def describe(original: imaging.Photo, shared: SharedCopy, location: Location) ->
         "baseline": "the original taken through the located crop, mirror, turn, scale and border"
         + (", encoded with the shared file's JPEG tables" if shared.format == "JPEG" and shared.qtables else ""),
     }
+
+
+def located_in_words(located: dict[str, Any]) -> str:
+    """Where the copy sits in the original, in words: box, scale, mirror, turn, border."""
+    x0, y0, x1, y1 = located["box"]
+    words = [f"shows ({x0}, {y0})-({x1}, {y1}) of the original at scale {located['scale']:g}"]
+    if located["mirrored"]:
+        words.append("mirrored")
+    if located["rotation"]:
+        words.append(f"turned {located['rotation']} deg")
+    if any(located["border"]):
+        words.append("in a border of {}/{}/{}/{} px".format(*located["border"]))
+    return ", ".join(words)

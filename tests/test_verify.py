@@ -14,19 +14,12 @@ from deepshield import imaging, locate
 from deepshield.engine import Engine
 from deepshield.errors import CopyNotLocatedError, InvalidImageError, InvalidParameterError
 from deepshield.verify import baseline, read_shared
-from tests.conftest import FACES, encoded, tiny_models
+from tests.conftest import dev_photo, encoded, tiny_models
 
 
 @pytest.fixture
 def engine(models_dir) -> Engine:
     return Engine(tiny_models(models_dir), device="cpu")
-
-
-def dev_photo(name: str = "face_012.jpg", width: int = 320) -> Image.Image:
-    """A development photo, upright, `width` px wide."""
-    rgb = imaging.load_photo(FACES / name).rgb
-    image = Image.fromarray(rgb)
-    return image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
 
 
 def as_png(image: Image.Image) -> bytes:
