@@ -158,3 +158,34 @@ def test_a_grayscale_jpeg_copy_is_reproduced_in_grayscale(engine):
     assert result.header["shared"]["jpeg_quality"] == 60
     assert result.header["located"]["box"] == [20, 30, 220, 290]
     assert result.checks[0].mse == 0.0  # the unprotected photo shared the same way: nothing left to measure
+
+
+def test_face_models_judge_each_face_levelled_in_the_copys_framing(models_dir):
+    """A face turned 25 degrees, shared cropped and recompressed: verify finds the face on the
+    baseline and feeds the model its levelled square (`views.crop_square`), not the upright one."""
+    import cv2
+
+    from deepshield.pipeline import model_squares
+    from deepshield.robustness import generator_deepfake
+    from tests.conftest import HAIR, TINY_PARAMS, make_spec
+
+    face_model = make_spec("tiny-face", "stargan", TINY_PARAMS["stargan"], fmt="official", filename="tiny-stargan.safetensors",
+                           targets=HAIR, face_crop={"margin": 0.245, "shift_y": -0.126})
+    engine = Engine({**tiny_models(models_dir), "tiny-face": face_model}, device="cpu", precision="fp32")
+    rgb = np.asarray(dev_photo("face_016.jpg", width=400))
+    tilted = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((200, 195), 25, 1.0), (rgb.shape[1], rgb.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+    sharing = Sharing(box=(30, 20, 380, 370), scale=0.8, quality=80)
+    copy = read_shared(sharing.apply(Image.fromarray(tilted)))
+    result = engine.verify(Image.fromarray(tilted), sharing.apply(Image.fromarray(tilted)), models=["tiny-face"], targets=["Male"])
+    (check,) = result.checks
+    assert len(check.faces) == 1 and result.header["located"]["box"] == list(sharing.box)
+    _, recompressed = baseline(imaging.load_photo(Image.fromarray(tilted)), copy, locate.locate(tilted, copy.photo.rgb))
+    model = engine.load("tiny-face")
+    (squares,), _, _ = model_squares(recompressed, [model], True)
+    (square,) = squares
+    assert square.angle < -15
+    deepfake = generator_deepfake(model.generator, 32, model.conditions(["Male"])[1])
+    reported = np.asarray(check.deepfake_baseline, dtype=float)
+    levelled = imaging.to_uint8(deepfake(recompressed, square)[0]).astype(float)
+    upright = imaging.to_uint8(deepfake(recompressed, tuple(square))[0]).astype(float)
+    assert np.abs(reported - levelled).mean() < 0.2 * np.abs(reported - upright).mean()
