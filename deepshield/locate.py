@@ -13,10 +13,12 @@ Registration (`locate`), all by OpenCV:
 2. Border: rows and columns at the copy's edges that are uniform and unlike the aligned original
    (or outside it) are the screenshot's frame.
 3. Refinement: `cv2.findTransformECC` (affine, on the content only) at the copy's resolution (at
-   most `REFINE_SIDE` px), snapped again to scale + quarter turn + mirror, so the box is right to
-   a fraction of a copy pixel.
-4. Check: the original taken through the located framing must look like the copy (median absolute
-   difference at most `MAX_MEDIAN_DIFFERENCE` levels), else the copy was altered beyond a reframing.
+   most `REFINE_SIDE` px), snapped again to scale + quarter turn + mirror; a stretched copy is
+   refused here (and on the features' affine fit).
+4. Settling: each box edge is moved by a pixel where that brings the original taken through the
+   framing (`frame`) closer to the copy, so a copy made with PIL's bicubic filter is reproduced
+   exactly. Then the check: the two must look alike (median absolute difference at most
+   `MAX_MEDIAN_DIFFERENCE` levels), else the copy was altered beyond a reframing.
 
 Refusals are `CopyNotLocatedError` with `kind` "too_small", "not_this_photo" or "too_altered".
 Coordinates: edge coordinates throughout (pixel i spans [i, i + 1)), as 3x3 affine matrices.
@@ -139,8 +141,7 @@ def locate(original: np.ndarray, copy: np.ndarray, names: tuple[str, str] = ("or
     _check_scales(refined, MAX_STRETCH[1] + 1 / (min(copy.shape[:2]) - max(border)), names)
     to_original = _snap(refined, centre, names)
     border, fill = _find_border(gray_original, copy, to_original, names)
-    location = _settle(original, copy, _location(to_original, original.shape, copy.shape, border, fill, matches, names), names)
-    return location
+    return _settle(original, copy, _location(to_original, original.shape, copy.shape, border, fill, matches, names), names)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -225,7 +226,7 @@ def _check_scales(affine: np.ndarray, tolerance: float, names: tuple[str, str]) 
 
 def _snap(to_original: Matrix, centre: tuple[float, float], names: tuple[str, str]) -> Matrix:
     """The nearest map of scale x quarter turn x mirror (+ shift) that maps the copy's `centre`
-    (x, y) where `to_original` does: refuses turns off a multiple of 90 degrees and stretched copies."""
+    (x, y) where `to_original` does: refuses turns off a multiple of 90 degrees."""
     linear = to_original[:2, :2]
     mirrored = np.linalg.det(linear) < 0
     unmirrored = linear @ np.diag([-1.0, 1.0]) if mirrored else linear
