@@ -87,3 +87,9 @@ def sample(width: int, height: int, rng: np.random.Generator, *, min_area: float
         quality=int(rng.integers(40, 96)) if rng.random() < 0.75 else None,
         filter=list(FILTERS)[int(rng.integers(len(FILTERS)))],
     )
+
+
+def gentle(rng: np.random.Generator) -> Sharing:
+    """A copy that keeps the framing (scale 1, no crop, turn or mirror), as PNG or JPEG 90-95:
+    where a plain (not framing-robust) protection can still be disrupted."""
+    return Sharing(quality=int(rng.integers(90, 96)) if rng.random() < 0.5 else None)

@@ -2,12 +2,13 @@
 and screenshots do (crop, scale, mirror, quarter turn, border, JPEG; `bench/copies.py`), verify each,
 and compare with what is true.
 
-    python bench/verify_copies.py [--model cyclegan-vintage] [--copies 6] [--iterations 5] [--seed 0] [--limit N]
+    python bench/verify_copies.py [--model cyclegan-vintage] [--copies 6] [--gentle 0] [--epsilon 0.05] [--iterations 8] [--seed 0] [--limit N]
 
 Per copy: is the located box right (IoU >= 0.9 with the true box, mirror and turn right), and does
 verify's verdict agree with a direct measurement made knowing the true transformation (the
 unprotected original taken through exactly that sharing, its deepfake against the copy's, on the
-squares found on it). Copies of another photo must be refused. Photos are protected with plain
+squares found on it). Copies of another photo must be refused. `--gentle N` makes the first N
+copies of each photo keep its framing (`copies.gentle`), where a plain protection may still hold. Photos are protected with plain
 PGD (`robust="off"`), so some copies stay disrupted and some do not; agreement is what is measured.
 Seconds are the median per verification (locating, the deepfakes, all) on this machine's CPU.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from copies import Sharing, sample
+from copies import Sharing, gentle, sample
 from photos import dev_photos
 from PIL import Image
 
@@ -82,7 +83,7 @@ def direct_measure(engine: Engine, model_name: str, original: Image.Image, shari
         return float(np.mean([metrics.disruption_metrics(deepfake(copy_rgb, b), deepfake(truth, b))["mse"] for b in boxes]))
 
 
-def run(model: str, copies: int, iterations: int, seed: int, limit: int | None) -> tuple[list[Outcome], list[str]]:
+def run(model: str, copies: int, gentles: int, epsilon: float | str, iterations: int, seed: int, limit: int | None) -> tuple[list[Outcome], list[str]]:
     """(one outcome per copy, the refusal kinds of copies of another photo)."""
     engine = Engine(device="cpu")
     rng = np.random.default_rng(seed)
@@ -93,9 +94,9 @@ def run(model: str, copies: int, iterations: int, seed: int, limit: int | None) 
         original = Image.fromarray(imaging.load_photo(path).rgb)
         original_png = io.BytesIO()
         original.save(original_png, format="PNG")
-        protected = engine.protect(original_png.getvalue(), model=model, attack="pgd", iterations=iterations, robust=None, seed=seed + index).protected
-        for _ in range(copies):
-            sharing = sample(original.width, original.height, rng)
+        protected = engine.protect(original_png.getvalue(), model=model, attack="pgd", epsilon=epsilon, iterations=iterations, robust=None, seed=seed + index).protected
+        for number in range(copies):
+            sharing = gentle(rng) if number < gentles else sample(original.width, original.height, rng)
             data = sharing.apply(protected)
             copy_rgb = imaging.decode_rgb(data)
             x0, y0, x1, y1 = sharing.box or (0, 0, original.width, original.height)
@@ -130,6 +131,7 @@ def run(model: str, copies: int, iterations: int, seed: int, limit: int | None) 
 
 GROUPS = {
     "all copies": lambda o: True,
+    "framing kept (gentle)": lambda o: o.sharing.box is None,
     "content >= 96 px": lambda o: not o.small,
     "content < 96 px": lambda o: o.small,
     "mirrored": lambda o: o.sharing.mirrored,
@@ -173,11 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cyclegan-vintage")
     parser.add_argument("--copies", type=int, default=6, help="copies per photo")
-    parser.add_argument("--iterations", type=int, default=5, help="PGD iterations of the protection")
+    parser.add_argument("--gentle", type=int, default=0, help="of which keep the photo's framing")
+    parser.add_argument("--epsilon", default="0.05", help="the protection's budget on [-1, 1], or low / medium / high")
+    parser.add_argument("--iterations", type=int, default=8, help="PGD iterations of the protection")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="only the first N photos")
     args = parser.parse_args()
-    outcomes, strangers = run(args.model, args.copies, args.iterations, args.seed, args.limit)
+    epsilon = args.epsilon if args.epsilon in ("low", "medium", "high") else float(args.epsilon)
+    outcomes, strangers = run(args.model, args.copies, args.gentle, epsilon, args.iterations, args.seed, args.limit)
     for outcome in outcomes:
         if not outcome.located or outcome.verdict != outcome.direct:
             print(f"  {outcome.photo} {outcome.copy_size} {outcome.sharing}: refused={outcome.refused} iou={outcome.iou:.3f} "
