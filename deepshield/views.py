@@ -255,7 +255,6 @@ def crop_square_tensor(x: Tensor, box: Box, top: int = 0, left: int = 0) -> Tens
     return _upright_square_tensor(x, t - top + side / 2, l - left + side / 2, side, turn_of(box))
 
 
-
 def frame(x: Tensor, view: View, size: int, scale: float = 1.0) -> Tensor:
     """The view of image x [1, C, h, w] in [-1, 1] (C = 3, or 1 for a grayscale photo, expanded),
     differentiably: [1, 3, size, size]. `scale` maps the view's photo pixels to x's pixels (x is
