@@ -17,6 +17,7 @@ from deepshield import faces as face_detection
 from deepshield.devices import COMPILE_MODES, PRECISIONS
 from deepshield.engine import DEFAULT_MODEL, Engine
 from deepshield.errors import DeepshieldError, InvalidParameterError
+from deepshield.verify import located_in_words
 from deepshield.weights import convert_checkpoint, resolve_weights
 
 NAME_MAX = 255  # bytes in one file name on common file systems
@@ -68,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     protect.add_argument("--deepfake-dir", help="also write <stem>.deepfake_original.png and <stem>.deepfake_protected.png")
     protect.add_argument("--device", help="auto, cpu or cuda (default: DEEPSHIELD_DEVICE or auto)")
 
-    verify = commands.add_parser("verify", help="is a protected photo still protected after sharing (recompressed, resized)?")
+    verify = commands.add_parser("verify", help="is a protected photo still protected after sharing (recompressed, resized, cropped, mirrored, turned, framed)?")
     verify.add_argument("original", metavar="ORIGINAL", help="the photo before protection")
-    verify.add_argument("shared", metavar="PROTECTED", help="the protected photo as it was shared (same framing, any size or format)")
+    verify.add_argument("shared", metavar="PROTECTED", help="the protected photo as it was shared: any crop, size, mirror, quarter turn, border or format")
     verify.add_argument("--model", action="append", dest="models", metavar="NAME",
                         help="model to check (repeatable; default every photo model whose weights are here)")
     verify.add_argument("--target", action="append", dest="targets", metavar="LABEL", help="target label of a single conditional model")
@@ -224,7 +225,7 @@ def _verify(args: argparse.Namespace) -> None:
         return
     shared = report["shared"]
     quality = f" quality ~{shared['jpeg_quality']}" if shared["jpeg_quality"] else ""
-    print(f"{shown(shared['name'])}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, scale {report['scale']:g} of the original")
+    print(f"{shown(shared['name'])}: {shared['width']}x{shared['height']} {shared['format'] or ''}{quality}, {located_in_words(report['located'])}")
     for check in result.checks:
         verdict = "still disrupted" if check.disrupted else "NOT disrupted"
         print(f"  {check.model:28} mse {check.mse:.4f} vs the original shared the same way: {verdict}")

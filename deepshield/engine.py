@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepshield import attacks, imaging, metrics, perceptual, robustness
+from deepshield import attacks, imaging, locate, metrics, perceptual, robustness
 from deepshield import verify as verification
 from deepshield.admission import Admission
 from deepshield.coalesce import RequestPool, Ticket
@@ -322,26 +322,32 @@ class Engine:
         targets: Sequence[str] | None = None,
         detect_faces: bool = True,
         allow_download: bool = True,
+        names: tuple[str, str] | None = None,
     ) -> verification.VerifyResult:
-        """Is `shared` (a protected photo after sharing: recompressed, resized) still protected?
+        """Is `shared` (a protected photo after sharing: recompressed, cropped, resized, mirrored,
+        turned by quarters, framed) still protected?
 
-        For each model (default: every photo model whose weights are here), compare its
-        deepfakes of the shared copy with those of the original shared the same way (see
-        `deepshield.verify`). `targets` as in `protect_batch` (single model only).
+        Finds where the copy sits in the original (`deepshield.locate`; CopyNotLocatedError when
+        it cannot: too small, another photo, too altered), then for each model (default: every
+        photo model whose weights are here) compares its deepfakes of the shared copy with those
+        of the original shared the same way (see `deepshield.verify`). `targets` as in
+        `protect_batch` (single model only). `names` labels the two photos in the report and in
+        error messages (default: their file names; "original" and "shared" for bytes).
         """
-        names = list(models) if models else self.photo_models()
-        if not names:
+        original_name, shared_name = names or (None, None)
+        model_names = list(models) if models else self.photo_models()
+        if not model_names:
             raise InvalidParameterError("no photo model has its weights here; name one with --model (it will be downloaded)")
-        if targets and len(names) > 1:
+        if targets and len(model_names) > 1:
             raise InvalidParameterError("targets apply to a single conditional model, not several")
-        for name in names:
+        for name in model_names:
             if self.spec(name).preprocessing == "label_map":
                 raise InvalidParameterError(f"model {name!r} translates semantic label maps, not photos: there is nothing to verify against it")
-        before = imaging.load_photo(original, name="original" if isinstance(original, bytes) else None)
-        copy = verification.read_shared(shared, name="shared" if isinstance(shared, bytes) else None)
-        verification.check_framing(before, copy.photo)
-        resized, baseline = verification.baseline(before, copy)
-        loaded = [self.load(n, allow_download=allow_download) for n in names]
+        before = imaging.load_photo(original, name=original_name or ("original" if isinstance(original, bytes) else None))
+        copy = verification.read_shared(shared, name=shared_name or ("shared" if isinstance(shared, bytes) else None))
+        location = locate.locate(before.rgb, copy.photo.rgb, (before.name, copy.photo.name))
+        framed, baseline = verification.baseline(before, copy, location)
+        loaded = [self.load(n, allow_download=allow_download) for n in model_names]
         checks = []
         with self.admission(), torch.no_grad():
             for model in loaded:
@@ -349,7 +355,7 @@ class Engine:
                 size = self._cache.model_size(model, None)
                 deepfake = robustness.generator_deepfake(model.generator, size, conditions, device=self.device)
                 (boxes,), found, _ = model_squares(baseline, [model], detect_faces)
-                outputs = [(deepfake(resized, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
+                outputs = [(deepfake(framed, b), deepfake(baseline, b), deepfake(copy.photo.rgb, b)) for b in boxes]
                 against_baseline = [metrics.disruption_metrics(fake, ref) for _, ref, fake in outputs]
                 mse = float(np.mean([m["mse"] for m in against_baseline]))
                 checks.append(
@@ -364,7 +370,7 @@ class Engine:
                         deepfake_shared=Image.fromarray(imaging.to_uint8(outputs[0][2][0])),
                     )
                 )
-        return verification.VerifyResult(verification.describe(before, copy), checks)
+        return verification.VerifyResult(verification.describe(before, copy, location), checks)
 
 
 _DEFAULT_ENGINE: Engine | None = None

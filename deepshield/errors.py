@@ -31,3 +31,12 @@ class ServerBusyError(DeepshieldError):
 
 class OutOfMemoryError(DeepshieldError):
     """A single photo does not fit in the device's memory even on its own."""
+
+
+class CopyNotLocatedError(DeepshieldError):
+    """A shared copy could not be found in the original: `kind` says why ("too_small",
+    "not_this_photo" or "too_altered")."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -1,11 +1,14 @@
 """Is a protected photo still protected after it was shared? Compare deepfakes of the shared copy
 with deepfakes of the original shared the same way.
 
-A shared copy has been recompressed and often resized by the site it went through. What the
-perturbation still does is measured against a *baseline*: the unprotected original taken through
-the same treatment, as far as the shared file tells it: resized to the shared size (PIL bicubic,
-antialiased) and, when the shared file is a JPEG, encoded with its very quantisation tables and
-chroma subsampling. Models then see the same squares (faces found on the baseline) in both.
+A shared copy has been recompressed, and often cropped, resized, mirrored, turned or framed by the
+site or the screenshot it went through. `deepshield.locate` finds that framing (the box of the
+original the copy shows, its scale, mirror, quarter turn and border). What the perturbation still
+does is measured against a *baseline*: the unprotected original taken through the same treatment,
+as far as the shared file tells it: the located framing (`locate.frame`: lossless crop, mirror and
+turn, then PIL bicubic resize and the border's colour) and, when the shared file is a JPEG, its
+very quantisation tables and chroma subsampling. Models then see the same squares (faces found on
+the baseline) in both.
 
 - `mse`: deepfake(shared) vs deepfake(baseline), on [-1, 1]; `disrupted` when above
   `metrics.DISRUPTION_THRESHOLD`. This is the number that says whether the protection survived.
@@ -25,10 +28,8 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from deepshield import imaging
-from deepshield.errors import InvalidImageError
+from deepshield.locate import Location, frame
 from deepshield.transforms import quantization_tables
-
-MAX_ASPECT_CHANGE = 0.02  # a shared copy whose width/height ratio moved more than 2% was cropped
 
 
 @dataclass(frozen=True)
@@ -101,27 +102,14 @@ def read_shared(source: str | os.PathLike[str] | bytes, name: str | None = None)
     return SharedCopy(photo, fmt, None, None)
 
 
-def check_framing(original: imaging.Photo, shared: imaging.Photo) -> None:
-    """Refuse a shared copy that is not the same picture at some scale (cropped, rotated)."""
-    (ow, oh), (sw, sh) = original.size, shared.size
-    change = abs((sw / sh) / (ow / oh) - 1)
-    if change > MAX_ASPECT_CHANGE:
-        raise InvalidImageError(
-            f"{shared.name}: {sw}x{sh} does not have the framing of {original.name} ({ow}x{oh}); "
-            "verify compares the same picture at any size, so give the uncropped, unrotated copy"
-        )
-
-
-def baseline(original: imaging.Photo, shared: SharedCopy) -> tuple[np.ndarray, np.ndarray]:
-    """(original at the shared size, that image also encoded as the shared JPEG was) as uint8
-    [h, w, 3] each; the second equals the first when the shared copy is not a JPEG."""
-    width, height = shared.photo.size
-    image = Image.fromarray(original.rgb)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-    resized = np.asarray(image, dtype=np.uint8).copy()
+def baseline(original: imaging.Photo, shared: SharedCopy, location: Location) -> tuple[np.ndarray, np.ndarray]:
+    """(original taken through the located framing, that image also encoded as the shared JPEG
+    was) as uint8 [h, w, 3] each, the shared copy's size; the second equals the first when the
+    shared copy is not a JPEG."""
+    framed = frame(original.rgb, location)
     if shared.format != "JPEG" or not shared.qtables:
-        return resized, resized
+        return framed, framed
+    image = Image.fromarray(framed)
     if shared.photo.grayscale:  # a one-component JPEG: its single table is for luma
         image = image.convert("L")
     buffer = io.BytesIO()
@@ -129,16 +117,31 @@ def baseline(original: imaging.Photo, shared: SharedCopy) -> tuple[np.ndarray, n
     if shared.subsampling is not None and shared.subsampling >= 0:
         options["subsampling"] = shared.subsampling
     image.save(buffer, format="JPEG", **options)
-    return resized, imaging.decode_rgb(buffer.getvalue())
+    return framed, imaging.decode_rgb(buffer.getvalue())
 
 
-def describe(original: imaging.Photo, shared: SharedCopy) -> dict[str, Any]:
-    """The report header: sizes and what the shared file says about its treatment."""
+def describe(original: imaging.Photo, shared: SharedCopy, location: Location) -> dict[str, Any]:
+    """The report header: sizes, where the copy sits in the original (`located`, see
+    `Location.as_dict`) and what the shared file says about its treatment."""
     (ow, oh), (sw, sh) = original.size, shared.photo.size
     return {
         "original": {"name": original.name, "width": ow, "height": oh},
         "shared": {"name": shared.photo.name, "width": sw, "height": sh, "format": shared.format, "jpeg_quality": shared.jpeg_quality},
-        "scale": round(sw / ow, 4),
-        "baseline": "the original resized to the shared size"
+        "located": location.as_dict(),
+        "scale": round(location.scale, 4),
+        "baseline": "the original taken through the located crop, mirror, turn, scale and border"
         + (", encoded with the shared file's JPEG tables" if shared.format == "JPEG" and shared.qtables else ""),
     }
+
+
+def located_in_words(located: dict[str, Any]) -> str:
+    """Where the copy sits in the original, in words: box, scale, mirror, turn, border."""
+    x0, y0, x1, y1 = located["box"]
+    words = [f"shows ({x0}, {y0})-({x1}, {y1}) of the original at scale {located['scale']:g}"]
+    if located["mirrored"]:
+        words.append("mirrored")
+    if located["rotation"]:
+        words.append(f"turned {located['rotation']} deg")
+    if any(located["border"]):
+        words.append("in a border of {}/{}/{}/{} px".format(*located["border"]))
+    return ", ".join(words)

@@ -230,7 +230,7 @@ class VerifyRequest(BaseModel):
 
     original: str = Field(..., min_length=1, description="The photo before protection, base64 or a data URL.")
     shared: str = Field(
-        ..., min_length=1, description="The protected photo as shared (recompressed, resized; same framing), base64 or a data URL, as the site served it."
+        ..., min_length=1, description="The protected photo as shared (recompressed, resized, cropped, mirrored, turned by quarters, framed), base64 or a data URL, as the site served it."
     )
     models: list[str] | None = Field(None, min_length=1, description="Models to check; every photo model on the server when left out.")
     return_deepfakes: bool = Field(True, description="Return each model's two deepfakes (PNG, base64) to compare side by side.")

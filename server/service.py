@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from deepshield import imaging
 from deepshield.engine import Engine, ProtectionResult
 from deepshield.errors import (
+    CopyNotLocatedError,
     DeepshieldError,
     InvalidImageError,
     InvalidParameterError,
@@ -74,6 +75,8 @@ def from_deepshield(error: DeepshieldError) -> ApiError:
         return ApiError(503, "server_busy", message, {"Retry-After": str(BUSY_RETRY_AFTER)})
     if isinstance(error, InvalidImageError):
         return ApiError(400, "invalid_image", message)
+    if isinstance(error, CopyNotLocatedError):
+        return ApiError(422, f"copy_{error.kind}", message)
     if isinstance(error, InvalidParameterError):
         return ApiError(422, "invalid_parameter", message)
     if isinstance(error, UnknownModelError):

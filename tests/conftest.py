@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from deepshield.engine import Engine
+from deepshield.imaging import load_photo
 from deepshield.manifest import ModelSpec, WeightsSource
 from deepshield.models import get_architecture
 from server import observability, rest
@@ -168,6 +169,13 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def dev_photo(name: str = "face_012.jpg", width: int = 320) -> Image.Image:
+    """A development photo, upright, `width` px wide."""
+    rgb = load_photo(FACES / name).rgb
+    image = Image.fromarray(rgb)
+    return image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
 
 
 def write_photo(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:

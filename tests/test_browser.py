@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deepshield.engine import Engine
 from server.settings import Settings
+from bench.copies import Sharing
 from tests.conftest import REPO
 from tests.live_server import build_app, running
 
@@ -161,8 +162,8 @@ def test_the_example_fills_the_photo_and_the_offline_model(browser, app_url):
 
 def test_verify_a_shared_copy_in_the_browser(browser, app_url, tmp_path):
     shared = tmp_path / "from-the-site.jpg"
-    with Image.open(EXAMPLE) as image:
-        image.convert("RGB").resize((image.width // 2, image.height // 2)).save(shared, quality=70)  # never protected
+    with Image.open(EXAMPLE) as image:  # never protected; cropped, turned, halved, recompressed
+        shared.write_bytes(Sharing(box=(32, 48, 352, 432), rotation=90, scale=0.5, quality=70).apply(image))
     page = open_app(browser, app_url)
     page.get_by_role("tab", name="Verify").click()
     page.locator("#verify-original input[type=file]").set_input_files(str(EXAMPLE))
@@ -172,6 +173,8 @@ def test_verify_a_shared_copy_in_the_browser(browser, app_url, tmp_path):
     verdict = page.locator("#verify-verdict")
     expect(verdict).to_contain_text("Protection lost against: cyclegan-vintage", timeout=RESULT_TIMEOUT_MS)
     expect(verdict).to_contain_text("JPEG quality about 70")
+    expect(verdict).to_contain_text("shows (32, 48)-(352, 432) of the original at scale 0.5, turned 90 deg")
+    expect(page.locator("#verify-located img")).to_be_visible(timeout=30_000)
     fail_on_error_toast(page)
     expect(page.locator("#verify-gallery img")).to_have_count(2, timeout=30_000)
     expect(page.locator("#verify-table")).to_contain_text("cyclegan-vintage")

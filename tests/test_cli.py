@@ -14,7 +14,8 @@ from PIL import Image
 
 from deepshield.errors import InvalidImageError
 from deepshield.imaging import load_photo
-from tests.conftest import REPO, run, write_photo
+from bench.copies import Sharing
+from tests.conftest import REPO, dev_photo, run, write_photo
 
 
 def test_protect_writes_images_report_and_deepfakes(cli_env, tmp_path):
@@ -154,15 +155,20 @@ def test_framing_protection_from_the_cli(cli_env, tmp_path):
 
 
 def test_cli_verify_summary_json_and_errors(cli_env, tmp_path):
-    original = write_photo(tmp_path / "a.png", seed=5)
+    """A cropped, mirrored, recompressed copy is located and judged; a copy of another photo is a
+    one-line error with exit status 2."""
+    original = tmp_path / "a.png"
+    dev_photo(width=240).save(original)
     protected = tmp_path / "a.protected.png"
     assert run(cli_env, "protect", str(original), "-o", str(protected), "--model", "tiny", "--iterations", "3", "--seed", "0").returncode == 0
-    Image.open(protected).save(tmp_path / "shared.jpg", quality=85)
+    (tmp_path / "shared.jpg").write_bytes(Sharing(box=(20, 10, 200, 170), mirrored=True, quality=85).apply(Image.open(protected)))
     proc = run(cli_env, "verify", str(original), str(tmp_path / "shared.jpg"), "--report", str(tmp_path / "v.json"), "--deepfake-dir", str(tmp_path / "fakes"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "v.json").read_text())
     assert [m["model"] for m in report["models"]] == ["tiny"]
     assert report["shared"]["jpeg_quality"] == 85
+    assert report["located"] == {"box": [20, 10, 200, 170], "scale": 1.0, "mirrored": True, "rotation": 0, "border": [0, 0, 0, 0]}
+    assert "shows (20, 10)-(200, 170) of the original at scale 1, mirrored" in proc.stdout
     verdict = "still disrupted" if report["models"][0]["disrupted"] else "NOT disrupted"
     assert f"mse {report['models'][0]['mse']:.4f} vs the original shared the same way: {verdict}" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "fakes").iterdir()) == ["tiny.baseline.png", "tiny.shared.png"]
@@ -170,6 +176,9 @@ def test_cli_verify_summary_json_and_errors(cli_env, tmp_path):
     assert json.loads(as_json.stdout)["models"][0]["mse"] == pytest.approx(report["models"][0]["mse"])
     missing = run(cli_env, "verify", str(original), str(tmp_path / "nope.jpg"))
     assert missing.returncode == 2 and missing.stderr.strip() == "error: nope.jpg: no such file"
+    dev_photo("face_009.jpg", width=240).save(tmp_path / "other.png")
+    other = run(cli_env, "verify", str(original), str(tmp_path / "other.png"))
+    assert other.returncode == 2 and other.stderr.startswith("error: other.png does not show a part of a.png") and other.stderr.count("\n") == 1
 
 
 def test_faces_option_protects_only_the_chosen_faces(cli_env, tmp_path):

@@ -25,7 +25,8 @@ from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.manifest import load_manifest
 from server import ui
 from server.settings import Settings
-from tests.conftest import FACES, HAIR, REPO, TINY_PARAMS, make_spec, tiny_models
+from bench.copies import Sharing
+from tests.conftest import FACES, HAIR, REPO, TINY_PARAMS, dev_photo, make_spec, tiny_models
 from tests.live_server import build_app, running
 from tests.original_layout import save_state
 
@@ -157,17 +158,20 @@ def test_the_defaults_are_the_uis_framing_protection_with_its_report(served, tmp
 
 
 def test_verify_shows_each_model_side_by_side(served, tmp_path):
-    source = photo_file(tmp_path / "me.png", 40, 40, seed=4)
+    source = tmp_path / "me.png"
+    dev_photo(width=160).save(source)
     protected, *_ = served.client.predict(handle_file(str(source)), "tiny-cyclegan", "pgd", 0.1, 3, 0.02, 0, [], api_name="/protect")
-    Image.open(protected).convert("RGB").save(tmp_path / "shared.jpg", quality=80)
+    (tmp_path / "shared.jpg").write_bytes(Sharing(box=(20, 0, 140, 120), mirrored=True, border=6, fill=(0, 0, 0), quality=80).apply(Image.open(protected)))
     gallery, report = served.client.predict(handle_file(str(source)), handle_file(str(tmp_path / "shared.jpg")), ["tiny-cyclegan", "tiny-stargan"],
                                             api_name="/verify")
     assert [m["model"] for m in report["models"]] == ["tiny-cyclegan", "tiny-stargan"]
     assert report["shared"]["jpeg_quality"] == 80 and report["shared"]["name"] == "shared.jpg"
+    assert report["located"] == {"box": [20, 0, 140, 120], "scale": 1.0, "mirrored": True, "rotation": 0, "border": [6, 6, 6, 6]}
     assert len(gallery) == 4 and all(Image.open(entry["image"]).size == (32, 32) for entry in gallery)
     assert gallery[1]["caption"].startswith(f"tiny-cyclegan: deepfake of the shared copy (mse {report['models'][0]['mse']:.3f}")
-    assert "does not have the framing" in _error_of(served, handle_file(str(source)), handle_file(str(photo_file(tmp_path / "c.png", 40, 20))), [],
-                                                    api_name="/verify")
+    other = tmp_path / "other.png"
+    dev_photo("face_009.jpg", width=240).save(other)
+    assert "other.png does not show a part of me.png" in _error_of(served, handle_file(str(source)), handle_file(str(other)), [], api_name="/verify")
 
 
 @pytest.mark.heavy

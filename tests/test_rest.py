@@ -30,10 +30,13 @@ from deepshield.robustness import ROBUSTNESS_KEYS
 from server import service
 from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
+from bench.copies import Sharing
 from tests.conftest import (
     HAIR,
     REPO,
     Served,
+    dev_photo,
+    encoded,
 )
 
 FAST = {"attack_params": {"iterations": 2, "seed": 0}}  # keeps tiny-model attacks in milliseconds
@@ -174,22 +177,24 @@ def test_framing_protects_the_whole_photo_over_rest(serve):
 
 
 def test_verify_compares_the_shared_copy_per_model(serve):
+    """A turned, downscaled, recompressed copy is located and judged; copies that cannot be
+    located are 422s that say why."""
     served = serve()
-    source = png(40, 40, seed=6)
+    source = encoded(dev_photo(width=160), "PNG")
     body = protect(served, b64(source), attack_params={"iterations": 3, "seed": 0, "epsilon": 0.1}).json()
-    buffer = io.BytesIO()
-    unb64(body["protected_image"]).convert("RGB").resize((30, 30)).save(buffer, format="JPEG", quality=85)
-    response = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(buffer.getvalue()), "models": ["tiny-cyclegan"]})
+    shared = Sharing(box=(10, 10, 150, 110), rotation=270, scale=0.75, quality=85).apply(unb64(body["protected_image"]))
+    response = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(shared), "models": ["tiny-cyclegan"]})
     assert response.status_code == 200, response.text
     report = response.json()
-    assert (report["shared"]["width"], report["shared"]["jpeg_quality"], report["scale"]) == (30, 85, 0.75)
+    assert (report["shared"]["width"], report["shared"]["jpeg_quality"], report["scale"]) == (75, 85, 0.75)
+    assert report["located"] == {"box": [10, 10, 150, 110], "scale": 0.75, "mirrored": False, "rotation": 270, "border": [0, 0, 0, 0]}
     (entry,) = report["models"]
     assert entry["model"] == "tiny-cyclegan" and report["protected"] is entry["disrupted"]
     assert unb64(entry["deepfake_baseline"]).size == unb64(entry["deepfake_shared"]).size == (32, 32)
-    cropped = io.BytesIO()
-    Image.open(io.BytesIO(source)).crop((0, 0, 40, 20)).save(cropped, format="PNG")
-    refused = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(cropped.getvalue())})
-    assert "framing" in assert_error(refused, 400, "invalid_image")["message"]
+    another = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(encoded(dev_photo("face_009.jpg", width=240), "PNG"))})
+    assert "does not show a part of original" in assert_error(another, 422, "copy_not_this_photo")["message"]
+    tiny = served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(encoded(dev_photo(width=24), "PNG"))})
+    assert "too small to locate" in assert_error(tiny, 422, "copy_too_small")["message"]
     assert_error(served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(source), "models": ["nope"]}), 404, "unknown_model")
     assert_error(served.client.post("/api/v1/verify", json={"original": b64(source), "shared": b64(source), "models": ["tiny-hub"]}), 409, "model_not_ready")
 

@@ -60,7 +60,7 @@ mean squared difference of the two outputs exceeds 0.05 (on [-1, 1]).
   whole photo (crops anywhere, any resize filter, jittered and turned face crops) after JPEG,
   downscaling and blur, and helps, but does not make it immune; *Check robustness* measures what
   is left after real JPEG 90/75/50, resizing, blur, a shifted crop and in unseen framings, and the
-  **Verify** tab measures a copy that came back from a site. Share the lossless PNG when you can.
+  **Verify** tab measures a copy that came back from a site, cropped, resized, mirrored or framed as it may be. Share the lossless PNG when you can.
 - **Where it is applied.** With `framing`, the whole photo carries the perturbation. The paper's
   plain attack perturbs only what deepshield's own framing shows the model: each detected face
   cropped as in the model's training data for face models (StarGAN, GANimation), else the largest
