@@ -232,9 +232,8 @@ def _levelled(bgr: np.ndarray, face: FaceBox) -> FaceBox:
         again = _read_levelled(bgr, face)
         if again is None:
             break
-        face, left = again, again.frame()[3] - roll
-        roll += left
-        if abs(left) < 1.0:
+        face, previous, roll = again, roll, again.frame()[3]
+        if abs(roll - previous) < 1.0:  # settled
             break
     return face
 
