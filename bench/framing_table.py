@@ -39,8 +39,12 @@ SHARING = {"framings": {}, "jpeg75": {"jpeg": 75}, "jpeg50": {"jpeg": 50}, "half
 BENCH_SEED = 7919
 
 
-def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndarray, faces: list, seed: int, count: int) -> dict[str, list[float]]:
-    """mse per view and column (`SHARING`) between the deepfakes of the protected and original views."""
+def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndarray, faces: list, seed: int, count: int,
+            originals: dict[views.View, torch.Tensor] | None = None) -> dict[str, list[float]]:
+    """mse per view and column (`SHARING`) between the deepfakes of the protected and original views.
+
+    `originals` keeps the original's deepfake of each shared view for the next call on the same
+    photo (it does not depend on the protection)."""
     loaded = engine.load(model)
     _, conditions = loaded.conditions(None)
     size = loaded.spec.image_size
@@ -48,13 +52,15 @@ def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndar
     deepfake = robustness.frames_deepfake(loaded.generator, conditions)
     height, width = original.shape[:2]
     drawn = views.DEFAULT_THREAT_MODEL.framing_only().sample(height, width, count, torch.Generator().manual_seed(views.EVALUATION_SEED + BENCH_SEED + seed), faces)
+    originals = {} if originals is None else originals
     columns = {}
     for name, sharing in SHARING.items():
-        shared = [replace(v, **sharing) for v in drawn]
         per_view = []
-        for view in shared:  # one view at a time keeps the memory of 16 MP photos flat
-            report, _ = robustness.framings_report(original, protected, [view], size, deepfake, engine.device)
-            per_view.append(report["mse"])
+        for view in (replace(v, **sharing) for v in drawn):  # one view at a time keeps the memory of 16 MP photos flat
+            if view not in originals:
+                originals[view] = robustness.deepfakes_of_views(original, [view], size, deepfake, engine.device)
+            fake = robustness.deepfakes_of_views(protected, [view], size, deepfake, engine.device)
+            per_view.append(float(robustness.views_mse(fake, originals[view])[0]))
         columns[name] = per_view
     return columns
 
@@ -79,6 +85,7 @@ def main() -> int:
     engine = Engine(precision=args.precision)
     face_model = bool(engine.spec(args.model).face_crop)
     rows, dump = [], {}
+    originals: dict[int, dict] = {}  # photo index -> its original's deepfakes, shared by every mode and epsilon
     for epsilon in (float(e) for e in args.epsilons.split(",")):
         for mode in args.modes.split(","):
             cells: dict[str, list[float]] = {name: [] for name in ("own", *SHARING)}
@@ -91,7 +98,7 @@ def main() -> int:
                 seconds.append(time.perf_counter() - started)
                 m = result.metrics
                 faces = _face_squares(m, photo.rgb, args.model, engine) if face_model else []
-                columns = measure(engine, args.model, photo.rgb, result.protected_rgb, faces, index, args.views)
+                columns = measure(engine, args.model, photo.rgb, result.protected_rgb, faces, index, args.views, originals.setdefault(index, {}))
                 cells["own"].append(m["disruption"]["mse"])
                 for name, values in columns.items():
                     cells[name] += values

@@ -183,6 +183,19 @@ def frames_deepfake(generator: torch.nn.Module, conditions: Tensor | None = None
     return deepfake
 
 
+def deepfakes_of_views(rgb: np.ndarray, drawn: Sequence[views.View], size: int, deepfake: FramesDeepfakeFn, device: torch.device | str = "cpu") -> Tensor:
+    """The deepfakes [N, T, 3, size, size] in [-1, 1] of each view in `drawn` rendered from `rgb`
+    (uint8 [H, W, 3]) with the maker's tools (`views.render`)."""
+    with torch.no_grad():
+        return deepfake(torch.cat([imaging.to_tensor(views.render(rgb, v, size), device) for v in drawn]))
+
+
+def views_mse(fakes: Tensor, clean: Tensor) -> Tensor:
+    """Per view [N]: the mean over targets of mse(fake, clean) between deepfakes [N, T, 3, s, s];
+    a view is disrupted above `metrics.DISRUPTION_THRESHOLD`."""
+    return ((fakes.float() - clean.float()) ** 2).flatten(2).mean(dim=2).mean(dim=1)
+
+
 def framings_report(
     original_rgb: np.ndarray,
     protected_rgb: np.ndarray,
@@ -193,24 +206,21 @@ def framings_report(
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, views.View]]]:
     """The disruption in the deepfake maker's framings: each view in `drawn` rendered with the
     maker's tools (`views.render`) from the original and from the protected photo (uint8
-    [H, W, 3]), plainly and after a JPEG 75 of the whole photo first; a view is disrupted when
-    the mean over targets of mse(deepfake(protected view), deepfake(original view)) >
-    `metrics.DISRUPTION_THRESHOLD`. Returns ({"views", "share_disrupted", "mse" (mean),
-    "jpeg75": {"share_disrupted", "mse"}}, [(deepfake of the original's view, of the protected
-    view, the view)] uint8 [s, s, 3] of the first target, for the plain views)."""
+    [H, W, 3]), plainly and after a JPEG 75 of the whole photo first (`views_mse`). Returns
+    ({"views", "share_disrupted", "mse" (mean), "jpeg75": {"share_disrupted", "mse"}},
+    [(deepfake of the original's view, of the protected view, the view)] uint8 [s, s, 3] of the
+    first target, for the plain views)."""
     report: dict[str, Any] = {"views": len(drawn)}
     examples = []
-    with torch.no_grad():
-        for label, quality in ((None, None), ("jpeg75", 75)):
-            shared = list(drawn) if quality is None else [replace(v, jpeg=quality) for v in drawn]
-            frames = [(views.render(original_rgb, v, size), views.render(protected_rgb, v, size)) for v in shared]
-            clean = deepfake(torch.cat([imaging.to_tensor(a, device) for a, _ in frames]))
-            fakes = deepfake(torch.cat([imaging.to_tensor(b, device) for _, b in frames]))
-            mse = ((fakes.float() - clean.float()) ** 2).flatten(2).mean(dim=2).mean(dim=1)
-            entry = {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
-            if label is None:
-                report.update(entry)
-                examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]
-            else:
-                report[label] = entry
+    for label, quality in ((None, None), ("jpeg75", 75)):
+        shared = list(drawn) if quality is None else [replace(v, jpeg=quality) for v in drawn]
+        clean = deepfakes_of_views(original_rgb, shared, size, deepfake, device)
+        fakes = deepfakes_of_views(protected_rgb, shared, size, deepfake, device)
+        mse = views_mse(fakes, clean)
+        entry = {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
+        if label is None:
+            report.update(entry)
+            examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]
+        else:
+            report[label] = entry
     return report, examples
