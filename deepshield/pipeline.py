@@ -272,7 +272,12 @@ class WholePhotoAttack:
         return ensemble.kept_bytes([[framing.VIEWS_PER_STEP] * len(ensemble.models)] * len(squares), dtype, each_target=False)
 
     def configure(self, config: attacks.AttackConfig) -> attacks.AttackConfig:
-        return replace(config, momentum=framing.MOMENTUM)
+        """Momentum, and for the iterative attacks `framing.STEPS_PER_ITERATION` smaller steps per
+        iteration asked for (FGSM stays one step of epsilon)."""
+        if config.name == "fgsm":
+            return replace(config, momentum=framing.MOMENTUM)
+        steps = config.iterations * framing.STEPS_PER_ITERATION
+        return replace(config, momentum=framing.MOMENTUM, iterations=steps, step_size=config.step_size * framing.STEP_SCALE)
 
     def attack(self, jobs: list[Job], ensemble: Ensemble, references: list[Tensor], config: attacks.AttackConfig, seeds: list[int],
                on_step: attacks.StepCallback | None, passes: Callable[[attacks.Objective], attacks.Objective]) -> list[Tensor]:
