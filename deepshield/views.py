@@ -115,11 +115,12 @@ class ThreatModel:
         """The same framings with no sharing before them."""
         return replace(self, jpeg_share=0.0, downscale_share=0.0, blur_share=0.0)
 
-    def sample(self, height: int, width: int, count: int, generator: torch.Generator, faces: Sequence[Box] = ()) -> list[View]:
+    def sample(self, height: int, width: int, count: int, generator: torch.Generator, faces: Sequence[Box] = (), first: int = 0) -> list[View]:
         """`count` views of a `height` x `width` photo: framings of the whole photo, or, with
-        `faces` (each face's model crop), jittered framings of a face drawn in turn."""
+        `faces` (each face's model crop), jittered framings of the faces in turn from face
+        number `first` (modulo their count)."""
         views = []
-        for index in range(count):
+        for index in range(first, first + count):
             if faces:
                 top, left, side = faces[index % len(faces)]
                 scale = 1 + _uniform(generator, -self.face_scale, self.face_scale)

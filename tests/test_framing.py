@@ -107,11 +107,14 @@ def test_face_views_are_centred_on_each_face_and_the_rest_is_perturbed_too(engin
     found = [FaceBox(26, 18, 54, 50), FaceBox(95, 35, 115, 58)]
     boxes = [faces.crop_box(f, 140, 64, margin=0.3, shift_y=-0.1) for f in found]
     drawn_around: list[list[views.Box]] = []
+    centres: list[tuple[float, float]] = []
     sample = views.ThreatModel.sample
 
-    def spy(self, height, width, count, generator, faces=()):
+    def spy(self, height, width, count, generator, faces=(), first=0):
         drawn_around.append(list(faces))
-        return sample(self, height, width, count, generator, faces)
+        drawn = sample(self, height, width, count, generator, faces, first)
+        centres.extend((v.cy, v.cx) for v in drawn)
+        return drawn
 
     monkeypatch.setattr(views.ThreatModel, "sample", spy)
     monkeypatch.setattr(faces, "detect_faces", lambda rgb: found)
@@ -119,6 +122,9 @@ def test_face_views_are_centred_on_each_face_and_the_rest_is_perturbed_too(engin
     result = protect(engine, original, model="tiny-face", iterations=1, seed=0, robust="framing")
     assert result.metrics["crop"] == "faces" and len(result.metrics["faces"]) == 2
     assert drawn_around and all(around == boxes for around in drawn_around)
+    # however few views a step draws, the steps go round the faces: every face is attacked
+    for top, left, side in boxes:
+        assert any(abs(cy - top - side / 2) <= 0.11 * side and abs(cx - left - side / 2) <= 0.11 * side for cy, cx in centres)
     assert (changed(result, original) > 0).mean() > 0.9  # the random start covers the photo, faces or not
 
 

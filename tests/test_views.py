@@ -59,6 +59,14 @@ def test_face_views_are_jittered_around_each_face_within_the_documented_ranges()
     assert max(abs(v.angle) for v in drawn) > 8 and max(v.side / faces[i % 2][2] for i, v in enumerate(drawn)) > 1.12
 
 
+def test_draws_of_one_view_go_round_the_faces_from_first():
+    faces = [(40, 50, 100), (120, 250, 60), (10, 300, 80)]
+    generator = torch.Generator().manual_seed(2)
+    drawn = [views.DEFAULT_THREAT_MODEL.sample(200, 400, 1, generator, faces, first=step)[0] for step in range(6)]
+    nearest = [min(range(3), key=lambda i: abs(v.cy - faces[i][0] - faces[i][2] / 2) + abs(v.cx - faces[i][1] - faces[i][2] / 2)) for v in drawn]
+    assert nearest == [0, 1, 2, 0, 1, 2]
+
+
 @pytest.mark.parametrize("angle", [0.0, 8.0, -9.5])
 @pytest.mark.parametrize("name", views.RESIZE_FILTERS)
 def test_the_differentiable_view_matches_the_tools_view(name, angle):
