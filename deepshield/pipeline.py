@@ -368,7 +368,7 @@ class Pipeline:
         regions = [job.region() for job in jobs]
         with torch.no_grad():
             references = ensemble.all_deepfakes(jobs, regions)
-        config = strategy.configure(config)
+        asked, config = config, strategy.configure(config)
 
         def passes(objective: attacks.Objective) -> attacks.Objective:
             if self.autocast_dtype is None:
@@ -383,8 +383,9 @@ class Pipeline:
             "epsilon": config.epsilon,
             "epsilon_255": config.epsilon * 127.5,
             "strength": attacks.strength_name(config.epsilon),
-            "iterations": config.iterations,
-            "step_size": config.step_size,
+            "iterations": asked.iterations,
+            "step_size": asked.step_size,
+            "steps": {"count": config.iterations, "size": config.step_size},
             "random_start": config.random_start,
             "momentum": config.momentum,
             "robust": robust or False,

@@ -26,12 +26,15 @@ def engine(models_dir: Path, request: pytest.FixtureRequest) -> Engine:
 
 
 def assert_same_attack(engine: Engine, pooled: Any, alone: Any) -> None:
-    """fp32: the same 8-bit photo within one level. bf16: the same start, so most values agree
-    (measured: 3-6% differ by more than a level, 20% with EOT's transformations in the loop,
-    68% from another seed) and the disruption is the same."""
+    """fp32: the same 8-bit photo but where reassociation flipped the sign of a near-zero
+    gradient (oneDNN may pick other kernels for a batch: measured 0% of values more than a level
+    apart on an AMD EPYC, up to 1.6% on an Intel Xeon with AMX). bf16: the same start, so most
+    values agree (3-6% more than a level apart, 20% with EOT's transformations in the loop). From
+    another seed 68% differ. The disruption is the same."""
     difference = np.abs(pooled.protected_rgb.astype(int) - alone.protected_rgb.astype(int))
     if engine.autocast_dtype is None:
-        assert difference.max() <= 1 and difference.mean() < 0.01
+        assert (difference > 1).mean() < 0.05 and difference.mean() < 0.1
+        assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.01)
     else:
         assert (difference > 1).mean() < 0.35
     assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.05)

@@ -20,6 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from deepshield import framing
 from deepshield.engine import Engine
 from deepshield.robustness import ROBUSTNESS_KEYS
 from deepshield.manifest import load_manifest
@@ -316,11 +317,14 @@ def test_progress_follows_the_attack_iterations(served, tmp_path):
             if unit.unit == "steps" and unit.index is not None and (not seen or seen[-1] != (unit.index, unit.length)):
                 seen.append((unit.index, unit.length))
         time.sleep(0.02)
-    job.result(timeout=60)
+    metrics = job.result(timeout=60)[-1]
     assert seen, "no progress update reached the client"
-    assert {length for _, length in seen} == {iterations}
+    # the UI's default robust mode (framing) runs STEPS_PER_ITERATION sign steps per iteration asked for
+    ran = iterations * framing.STEPS_PER_ITERATION
+    assert metrics["robust"] == "framing" and metrics["steps"]["count"] == ran
+    assert {length for _, length in seen} == {ran}
     steps = [index for index, _ in seen]
-    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= iterations
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= ran
 
 
 def test_a_request_cannot_name_a_server_file_as_its_input(served):
