@@ -32,12 +32,12 @@ def assert_same_attack(engine: Engine, pooled: Any, alone: Any) -> None:
     values agree (3-6% more than a level apart, 20% with EOT's transformations in the loop). From
     another seed 68% differ. The disruption is the same."""
     difference = np.abs(pooled.protected_rgb.astype(int) - alone.protected_rgb.astype(int))
-    if engine.autocast_dtype is None:
+    fp32 = engine.autocast_dtype is None
+    if fp32:
         assert (difference > 1).mean() < 0.05 and difference.mean() < 0.1
-        assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.01)
     else:
         assert (difference > 1).mean() < 0.35
-    assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.05)
+    assert pooled.metrics["disruption"]["mse"] == pytest.approx(alone.metrics["disruption"]["mse"], rel=0.01 if fp32 else 0.05)
 
 
 def photo(side: int, seed: int) -> Image.Image:
