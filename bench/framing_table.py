@@ -13,7 +13,11 @@ draws nor the report's. Each column renders those views with the maker's tools f
 protected PNG and from the original, after the column's sharing of the whole photo (PIL JPEG 75
 / 50, PIL bicubic downscale to half, PIL Gaussian blur sigma 1), and counts a view disrupted when
 the mse between the two deepfakes (mean over targets) is above 0.05. "own square" is the report's
-own `disruption` (deepshield's centred square or face crops). Cells: share disrupted / mean mse.
+own `disruption` (deepshield's centred square or face crops). "framings, tone matched" counts the
+framings again with each channel's mean difference between the two deepfakes removed: what is
+left if a colour correction gave the deepfake the brightness and colour balance of the
+original's (on cyclegan-vintage most of the distance is a uniform brightness shift). Cells:
+share disrupted / mean mse.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ from deepshield import imaging, robustness, views
 from deepshield.engine import Engine
 
 SHARING = {"framings": {}, "jpeg75": {"jpeg": 75}, "jpeg50": {"jpeg": 50}, "half": {"downscale": 0.5}, "blur1": {"blur": 1.0}}
+TONE_MATCHED = "framings_tone_matched"
 BENCH_SEED = 7919
 
 
 def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndarray, faces: list, seed: int, count: int,
             originals: dict[views.View, torch.Tensor] | None = None) -> dict[str, list[float]]:
-    """mse per view and column (`SHARING`) between the deepfakes of the protected and original views.
+    """mse per view and column (`SHARING`, then `TONE_MATCHED`) between the deepfakes of the
+    protected and original views.
 
     `originals` keeps the original's deepfake of each shared view for the next call on the same
     photo (it does not depend on the protection)."""
@@ -53,7 +59,7 @@ def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndar
     height, width = original.shape[:2]
     drawn = views.DEFAULT_THREAT_MODEL.framing_only().sample(height, width, count, torch.Generator().manual_seed(views.EVALUATION_SEED + BENCH_SEED + seed), faces)
     originals = {} if originals is None else originals
-    columns = {}
+    columns, tone_matched = {}, []
     for name, sharing in SHARING.items():
         per_view = []
         for view in (replace(v, **sharing) for v in drawn):  # one view at a time keeps the memory of 16 MP photos flat
@@ -61,7 +67,10 @@ def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndar
                 originals[view] = robustness.deepfakes_of_views(original, [view], size, deepfake, engine.device)
             fake = robustness.deepfakes_of_views(protected, [view], size, deepfake, engine.device)
             per_view.append(float(robustness.views_mse(fake, originals[view])[0]))
+            if not sharing:
+                tone_matched.append(float(robustness.tone_matched_mse(fake, originals[view])[0]))
         columns[name] = per_view
+    columns[TONE_MATCHED] = tone_matched
     return columns
 
 
@@ -88,7 +97,7 @@ def main() -> int:
     originals: dict[int, dict] = {}  # photo index -> its original's deepfakes, shared by every mode and epsilon
     for epsilon in (float(e) for e in args.epsilons.split(",")):
         for mode in args.modes.split(","):
-            cells: dict[str, list[float]] = {name: [] for name in ("own", *SHARING)}
+            cells: dict[str, list[float]] = {name: [] for name in ("own", *SHARING, TONE_MATCHED)}
             psnr, ssim, area, seconds = [], [], [], []
             for index, path in enumerate(paths):
                 photo = imaging.load_photo(path)
@@ -107,8 +116,9 @@ def main() -> int:
                 area.append(m["perturbation"]["area"])
                 dump.setdefault(f"{epsilon:g}/{mode}", []).append({"photo": path.name, "own": m["disruption"]["mse"], **columns,
                                                                      "psnr": psnr[-1], "ssim": ssim[-1], "area": area[-1], "seconds": seconds[-1]})
-                print(f"{epsilon:g} {mode} {path.name}: framings {np.mean(np.array(columns['framings']) > 0.05):.0%}, "
-                      f"jpeg75 {np.mean(np.array(columns['jpeg75']) > 0.05):.0%}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+                shares = {name: f"{np.mean(np.array(columns[name]) > 0.05):.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
+                print(f"{epsilon:g} {mode} {path.name}: framings {shares['framings']}, jpeg75 {shares['jpeg75']}, "
+                      f"tone matched {shares[TONE_MATCHED]}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
             rows.append((f"{epsilon:g} ({epsilon * 127.5:.2f}/255) | {mode}",
                          [f"{np.mean(np.array(v) > 0.05):.0%} / {np.mean(v):.3f}" for v in cells.values()],
                          statistics.mean(psnr), statistics.mean(ssim), statistics.mean(area), statistics.mean(seconds)))
@@ -118,8 +128,8 @@ def main() -> int:
           f"device {engine.device.type}, {'bf16' if engine.autocast_dtype else 'fp32'} attack passes")
     print("cells: share disrupted (mse > 0.05) / mean mse, against the deepfake of the same view of the original")
     print("| epsilon | mode | own square | framings | JPEG 75 + framings | JPEG 50 + framings | half size + framings | blur 1 + framings "
-          "| PSNR (dB) | SSIM | area perturbed | s / photo |")
-    print("|---" * 12 + "|")
+          "| framings, tone matched | PSNR (dB) | SSIM | area perturbed | s / photo |")
+    print("|---" * 13 + "|")
     for label, cells_text, psnr_mean, ssim_mean, area_mean, sec in rows:
         print(f"| {label} | " + " | ".join(cells_text) + f" | {psnr_mean:.2f} | {ssim_mean:.4f} | {area_mean:.0%} | {sec:.1f} |")
     if args.json:

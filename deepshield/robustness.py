@@ -196,6 +196,14 @@ def views_mse(fakes: Tensor, clean: Tensor) -> Tensor:
     return ((fakes.float() - clean.float()) ** 2).flatten(2).mean(dim=2).mean(dim=1)
 
 
+def tone_matched_mse(fakes: Tensor, clean: Tensor) -> Tensor:
+    """Per view [N]: `views_mse` of deepfakes [N, T, 3, s, s] once each channel's mean difference
+    is removed, i.e. after a colour correction that gave the fakes the clean ones' brightness and
+    colour balance: the part of the disruption such a correction cannot undo."""
+    difference = fakes.float() - clean.float()
+    return views_mse(difference - difference.mean(dim=(-2, -1), keepdim=True), torch.zeros_like(difference))
+
+
 def framings_report(
     original_rgb: np.ndarray,
     protected_rgb: np.ndarray,

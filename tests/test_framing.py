@@ -97,6 +97,19 @@ def test_unseen_framings_are_measured_with_the_makers_tools(engine):
     assert len(examples) == 5 and examples[0][0].shape == (24, 24, 3)
 
 
+def test_tone_matching_removes_a_uniform_colour_shift_and_keeps_structure():
+    """tone_matched_mse drops each channel's mean difference (a brighter, warmer deepfake) and keeps
+    the rest: a checkerboard with no mean passes through whole."""
+    clean = torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    shift = torch.tensor([0.3, -0.2, 0.1]).view(1, 1, 3, 1, 1)
+    checker = 0.25 * ((torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 2 - 1).float()
+    assert robustness.views_mse(clean + shift, clean)[0] == pytest.approx((0.09 + 0.04 + 0.01) / 3)
+    assert torch.allclose(robustness.tone_matched_mse(clean + shift, clean), torch.zeros(2), atol=1e-6)
+    both = robustness.tone_matched_mse(clean + shift + checker, clean)
+    assert torch.allclose(both, torch.full((2,), 0.0625), atol=1e-6)
+    assert torch.allclose(both, robustness.views_mse(clean + checker, clean), atol=1e-6)
+
+
 def test_the_report_measures_views_the_attack_never_drew(engine):
     height, width = 64, 80
     attack_draws = views.DEFAULT_THREAT_MODEL.sample(height, width, 40, torch.Generator().manual_seed(3))
