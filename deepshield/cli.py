@@ -196,7 +196,8 @@ def _protect(args: argparse.Namespace) -> None:
             after = ", ".join(f"{k} {v['mse']:.3f}{'' if v['disrupted'] else ' (NOT disrupted)'}" for k, v in robustness.items())
             print(f"  robustness: {after}")
             print(f"  framings: {framings['share_disrupted']:.0%} of {framings['views']} unseen framings disrupted, "
-                  f"{framings['jpeg75']['share_disrupted']:.0%} after JPEG 75")
+                  f"{framings['jpeg75']['share_disrupted']:.0%} after JPEG 75, "
+                  f"{framings['tone_matched']['share_disrupted']:.0%} after a colour correction of the deepfake")
 
 
 def _write_json(path: str, value: Any) -> None:

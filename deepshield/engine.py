@@ -211,7 +211,8 @@ class Engine:
         optimises over views of the deepfake maker (`deepshield.views`, `deepshield.framing`).
         `check_robustness` adds `robustness` to the report: the disruption after real
         JPEG 90/75/50, resize to half and back, blur sigma 1 and a shifted crop, and `framings`
-        (unseen framings, plainly and after JPEG 75; the result's `framing_examples`). `ssim_floor`
+        (unseen framings, plainly, after JPEG 75 and after a colour correction of the deepfake;
+        the result's `framing_examples`). `ssim_floor`
         (perceptual mode) scales each perturbation down until the photo's SSIM is at least that.
         """
         plan = self._plan(**options)

@@ -214,21 +214,27 @@ def framings_report(
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, views.View]]]:
     """The disruption in the deepfake maker's framings: each view in `drawn` rendered with the
     maker's tools (`views.render`) from the original and from the protected photo (uint8
-    [H, W, 3]), plainly and after a JPEG 75 of the whole photo first (`views_mse`). Returns
-    ({"views", "share_disrupted", "mse" (mean), "jpeg75": {"share_disrupted", "mse"}},
-    [(deepfake of the original's view, of the protected view, the view)] uint8 [s, s, 3] of the
-    first target, for the plain views)."""
+    [H, W, 3]), plainly and after a JPEG 75 of the whole photo first (`views_mse`), and the plain
+    views again after a colour correction (`tone_matched_mse`). Returns ({"views",
+    "share_disrupted", "mse" (mean), "jpeg75": {"share_disrupted", "mse"}, "tone_matched":
+    {"share_disrupted", "mse"}}, [(deepfake of the original's view, of the protected view, the
+    view)] uint8 [s, s, 3] of the first target, for the plain views)."""
     report: dict[str, Any] = {"views": len(drawn)}
     examples = []
     for label, quality in ((None, None), ("jpeg75", 75)):
         shared = list(drawn) if quality is None else [replace(v, jpeg=quality) for v in drawn]
         clean = deepfakes_of_views(original_rgb, shared, size, deepfake, device)
         fakes = deepfakes_of_views(protected_rgb, shared, size, deepfake, device)
-        mse = views_mse(fakes, clean)
-        entry = {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
+        entry = _share_and_mean(views_mse(fakes, clean))
         if label is None:
             report.update(entry)
+            report["tone_matched"] = _share_and_mean(tone_matched_mse(fakes, clean))
             examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]
         else:
             report[label] = entry
     return report, examples
+
+
+def _share_and_mean(mse: Tensor) -> dict[str, float]:
+    """Per-view mse [N] -> the share of views disrupted and their mean mse."""
+    return {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}

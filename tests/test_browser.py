@@ -125,6 +125,7 @@ def test_protect_a_photo_in_the_browser(browser, app_url, tmp_path):
     for label in ("JPEG 90", "JPEG 75", "JPEG 50", "resize to 1/2 and back", "Gaussian blur 1 px", "crop shifted 4 px"):
         assert re.search(rf"after {re.escape(label)}: mse\s+0\.\d{{4}} \((NOT )?disrupted\)", table.inner_text()), label
     assert re.search(r"8 unseen framings: share disrupted\s+\d+%", table.inner_text())  # the default mode is framing
+    assert re.search(r"\.\.\. after a colour correction of the deepfake\s+\d+% \(mean mse 0\.\d{4}\)", table.inner_text())
     assert re.search(r"share of the photo perturbed\s+(0\.9\d\d|1\.000)", table.inner_text())  # the whole photo, not a square
     grid = page.locator("#framings-gallery img")
     expect(grid).to_have_count(4, timeout=30_000)

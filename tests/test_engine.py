@@ -301,8 +301,9 @@ def test_robustness_report_has_every_transformation(engine):
         assert entry["disrupted"] == (entry["mse"] > 0.05)
     framings = report["framings"]
     assert framings["views"] == 8 and len(result.framing_examples) == 8
-    for entry in (framings, framings["jpeg75"]):
+    for entry in (framings, framings["jpeg75"], framings["tone_matched"]):
         assert 0 <= entry["share_disrupted"] <= 1 and math.isfinite(entry["mse"])
+    assert framings["tone_matched"]["mse"] <= framings["mse"] + 1e-9  # a correction can only take distance away
     assert "robustness" not in engine.protect(photo(64, 64), model="tiny-stargan", iterations=1, seed=0).metrics
 
 

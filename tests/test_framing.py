@@ -94,6 +94,10 @@ def test_unseen_framings_are_measured_with_the_makers_tools(engine):
     assert report["share_disrupted"] == np.mean(np.array(expected) > 0.05)
     after = [np.mean(((views.render(protected, replace(v, jpeg=75), 24) / 127.5) - (views.render(original, replace(v, jpeg=75), 24) / 127.5)) ** 2) for v in drawn]
     assert report["jpeg75"]["mse"] == pytest.approx(np.mean(after), rel=1e-5)
+    difference = [(views.render(protected, v, 24) / 127.5) - (views.render(original, v, 24) / 127.5) for v in drawn]
+    left = [np.mean((d - d.mean(axis=(0, 1))) ** 2) for d in difference]  # each channel's mean difference removed
+    assert report["tone_matched"]["mse"] == pytest.approx(np.mean(left), rel=1e-5) and report["tone_matched"]["mse"] < report["mse"]
+    assert report["tone_matched"]["share_disrupted"] == np.mean(np.array(left) > 0.05)
     assert len(examples) == 5 and examples[0][0].shape == (24, 24, 3)
 
 

@@ -94,6 +94,8 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[str]]:
     if framings:
         rows.append([f"{framings['views']} unseen framings: share disrupted", f"{framings['share_disrupted']:.0%} (mean mse {framings['mse']:.4f})"])
         rows.append(["... after JPEG 75 first", f"{framings['jpeg75']['share_disrupted']:.0%} (mean mse {framings['jpeg75']['mse']:.4f})"])
+        tone = framings["tone_matched"]
+        rows.append(["... after a colour correction of the deepfake", f"{tone['share_disrupted']:.0%} (mean mse {tone['mse']:.4f})"])
     return rows
 
 
