@@ -83,18 +83,19 @@ def test_framing_raises_the_loss_over_unseen_views(engine):
 
 
 def test_unseen_framings_are_measured_with_the_makers_tools(engine):
-    """framings_report compares the deepfakes of the maker's renderings of each view, plainly and
-    after JPEG 75 of the whole photo: here with an identity 'generator', against numpy."""
+    """framings_report compares the deepfakes of the maker's renderings of each view, plainly,
+    after JPEG 75 of the whole photo and after a colour correction: here with an identity
+    'generator', against numpy."""
     original = photo(70, 50, seed=2)
     protected = np.clip(original.astype(int) + np.random.default_rng(1).integers(-6, 7, original.shape), 0, 255).astype(np.uint8)
     drawn = views.ThreatModel().framing_only().sample(50, 70, 5, torch.Generator().manual_seed(7))
     report, examples = robustness.framings_report(original, protected, drawn, 24, lambda frames: frames.unsqueeze(1))
-    expected = [np.mean(((views.render(protected, v, 24) / 127.5) - (views.render(original, v, 24) / 127.5)) ** 2) for v in drawn]
+    difference = [(views.render(protected, v, 24) / 127.5) - (views.render(original, v, 24) / 127.5) for v in drawn]
+    expected = [np.mean(d**2) for d in difference]
     assert report["views"] == 5 and report["mse"] == pytest.approx(np.mean(expected), rel=1e-5)
     assert report["share_disrupted"] == np.mean(np.array(expected) > 0.05)
     after = [np.mean(((views.render(protected, replace(v, jpeg=75), 24) / 127.5) - (views.render(original, replace(v, jpeg=75), 24) / 127.5)) ** 2) for v in drawn]
     assert report["jpeg75"]["mse"] == pytest.approx(np.mean(after), rel=1e-5)
-    difference = [(views.render(protected, v, 24) / 127.5) - (views.render(original, v, 24) / 127.5) for v in drawn]
     left = [np.mean((d - d.mean(axis=(0, 1))) ** 2) for d in difference]  # each channel's mean difference removed
     assert report["tone_matched"]["mse"] == pytest.approx(np.mean(left), rel=1e-5) and report["tone_matched"]["mse"] < report["mse"]
     assert report["tone_matched"]["share_disrupted"] == np.mean(np.array(left) > 0.05)
