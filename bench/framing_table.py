@@ -4,20 +4,20 @@ on framings of the shared photo that no attack drew.
     python bench/framing_table.py [--model cyclegan-vintage] [--photos ../shared/data/faces-dev] [--limit N]
         [--epsilons 0.05,0.02,0.1] [--modes plain,eot,framing] [--views 8] [--iterations 10] [--json out.json]
 
-Protocol (fixed; the same seeds every run). Photo i (sorted by name) is protected with seed i,
-PGD, `--iterations` steps of epsilon / 5, in each mode. Its views are drawn from the threat model
+Protocol (fixed; the same seeds every run). Photo i (sorted by name) is protected with seed i, PGD,
+`--iterations` steps of epsilon / 5, in each mode. Its views are drawn from the threat model
 (`deepshield.views`, framings only: a square of 0.5-1.0 of the short side anywhere, or for a face
 model each face's crop jittered by +-15% / +-10% / +-10 degrees, resized with PIL's or OpenCV's
-filters) with the generator seeded `views.EVALUATION_SEED + 7919 + i`: neither the attack's
-draws nor the report's. Each column renders those views with the maker's tools from the written
-protected PNG and from the original, after the column's sharing of the whole photo (PIL JPEG 75
-/ 50, PIL bicubic downscale to half, PIL Gaussian blur sigma 1), and counts a view disrupted when
-the mse between the two deepfakes (mean over targets) is above 0.05. "own square" is the report's
-own `disruption` (deepshield's centred square or face crops). "framings, tone matched" counts the
-framings again with each channel's mean difference between the two deepfakes removed: what is
-left if a colour correction gave the deepfake the brightness and colour balance of the
-original's (on cyclegan-vintage most of the distance is a uniform brightness shift). Cells:
-share disrupted / mean mse.
+filters) with the generator seeded `views.EVALUATION_SEED + 7919 + i`: neither the attack's draws
+nor the report's. Each column renders those views with the maker's tools from the written protected
+PNG and from the original, after the column's sharing of the whole photo (PIL JPEG 75 / 50, PIL
+bicubic downscale to half, PIL Gaussian blur sigma 1), and counts a view disrupted when the mse
+between the two deepfakes (mean over targets) is above 0.05 (`metrics.DISRUPTION_THRESHOLD`). "own
+square" is the report's own `disruption` (deepshield's centred square or face crops). "framings,
+tone matched" counts the framings again with each channel's mean difference between the two
+deepfakes removed: what is left if a colour correction gave the deepfake the brightness and colour
+balance of the original's (on cyclegan-vintage most of the distance is a uniform brightness shift).
+Cells: share disrupted / mean mse.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from photos import FACES_DEV, dev_photos
 
 from deepshield import faces as face_detection
-from deepshield import imaging, robustness, views
+from deepshield import imaging, metrics, robustness, views
 from deepshield.engine import Engine
 
 SHARING = {"framings": {}, "jpeg75": {"jpeg": 75}, "jpeg50": {"jpeg": 50}, "half": {"downscale": 0.5}, "blur1": {"blur": 1.0}}
@@ -116,17 +116,17 @@ def main() -> int:
                 area.append(m["perturbation"]["area"])
                 dump.setdefault(f"{epsilon:g}/{mode}", []).append({"photo": path.name, "own": m["disruption"]["mse"], **columns,
                                                                      "psnr": psnr[-1], "ssim": ssim[-1], "area": area[-1], "seconds": seconds[-1]})
-                shares = {name: f"{np.mean(np.array(columns[name]) > 0.05):.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
+                shares = {name: f"{np.mean(np.array(columns[name]) > metrics.DISRUPTION_THRESHOLD):.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
                 print(f"{epsilon:g} {mode} {path.name}: framings {shares['framings']}, jpeg75 {shares['jpeg75']}, "
                       f"tone matched {shares[TONE_MATCHED]}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
             rows.append((f"{epsilon:g} ({epsilon * 127.5:.2f}/255) | {mode}",
-                         [f"{np.mean(np.array(v) > 0.05):.0%} / {np.mean(v):.3f}" for v in cells.values()],
+                         [f"{np.mean(np.array(v) > metrics.DISRUPTION_THRESHOLD):.0%} / {np.mean(v):.3f}" for v in cells.values()],
                          statistics.mean(psnr), statistics.mean(ssim), statistics.mean(area), statistics.mean(seconds)))
     print(f"model {args.model}, {len(paths)} photos from {args.photos}, PGD {args.iterations} iterations, step epsilon/5, "
           f"{args.views} unseen views per photo and column")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {engine.device.type}, {'bf16' if engine.autocast_dtype else 'fp32'} attack passes")
-    print("cells: share disrupted (mse > 0.05) / mean mse, against the deepfake of the same view of the original")
+    print(f"cells: share disrupted (mse > {metrics.DISRUPTION_THRESHOLD:g}) / mean mse, against the deepfake of the same view of the original")
     print("| epsilon | mode | own square | framings | JPEG 75 + framings | JPEG 50 + framings | half size + framings | blur 1 + framings "
           "| framings, tone matched | PSNR (dB) | SSIM | area perturbed | s / photo |")
     print("|---" * 13 + "|")
@@ -137,12 +137,12 @@ def main() -> int:
     return 0
 
 
-def _face_squares(metrics: dict, rgb: np.ndarray, model: str, engine: Engine) -> list[tuple[int, int, int]]:
+def _face_squares(report: dict, rgb: np.ndarray, model: str, engine: Engine) -> list[tuple[int, int, int]]:
     """The model's crop of each face the report lists (what the maker's aligner would centre on)."""
     crop = engine.spec(model).face_crop
     height, width = rgb.shape[:2]
     return [face_detection.crop_box(face_detection.FaceBox.from_dict(f), width, height, margin=crop["margin"], shift_y=crop.get("shift_y", 0.0))
-            for f in metrics.get("faces") or []]
+            for f in report.get("faces") or []]
 
 
 if __name__ == "__main__":
