@@ -116,11 +116,11 @@ def main() -> int:
                 area.append(m["perturbation"]["area"])
                 dump.setdefault(f"{epsilon:g}/{mode}", []).append({"photo": path.name, "own": m["disruption"]["mse"], **columns,
                                                                      "psnr": psnr[-1], "ssim": ssim[-1], "area": area[-1], "seconds": seconds[-1]})
-                shares = {name: f"{np.mean(np.array(columns[name]) > metrics.DISRUPTION_THRESHOLD):.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
+                shares = {name: f"{_summary(columns[name])['share_disrupted']:.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
                 print(f"{epsilon:g} {mode} {path.name}: framings {shares['framings']}, jpeg75 {shares['jpeg75']}, "
                       f"tone matched {shares[TONE_MATCHED]}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
             rows.append((f"{epsilon:g} ({epsilon * 127.5:.2f}/255) | {mode}",
-                         [f"{np.mean(np.array(v) > metrics.DISRUPTION_THRESHOLD):.0%} / {np.mean(v):.3f}" for v in cells.values()],
+                         [f"{summary['share_disrupted']:.0%} / {summary['mse']:.3f}" for summary in map(_summary, cells.values())],
                          statistics.mean(psnr), statistics.mean(ssim), statistics.mean(area), statistics.mean(seconds)))
     print(f"model {args.model}, {len(paths)} photos from {args.photos}, PGD {args.iterations} iterations, step epsilon/5, "
           f"{args.views} unseen views per photo and column")
@@ -135,6 +135,11 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))
     return 0
+
+
+def _summary(mse: list[float]) -> dict[str, float]:
+    """Per-view mse -> the share above `metrics.DISRUPTION_THRESHOLD` and the mean, as the report counts them."""
+    return robustness.share_and_mean(torch.tensor(mse, dtype=torch.float64))
 
 
 def _face_squares(report: dict, rgb: np.ndarray, model: str, engine: Engine) -> list[tuple[int, int, int]]:

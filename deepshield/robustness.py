@@ -225,16 +225,16 @@ def framings_report(
         shared = list(drawn) if quality is None else [replace(v, jpeg=quality) for v in drawn]
         clean = deepfakes_of_views(original_rgb, shared, size, deepfake, device)
         fakes = deepfakes_of_views(protected_rgb, shared, size, deepfake, device)
-        entry = _share_and_mean(views_mse(fakes, clean))
+        entry = share_and_mean(views_mse(fakes, clean))
         if label is None:
             report.update(entry)
-            report["tone_matched"] = _share_and_mean(tone_matched_mse(fakes, clean))
+            report["tone_matched"] = share_and_mean(tone_matched_mse(fakes, clean))
             examples = [(imaging.to_uint8(clean[k, 0]), imaging.to_uint8(fakes[k, 0]), drawn[k]) for k in range(len(drawn))]
         else:
             report[label] = entry
     return report, examples
 
 
-def _share_and_mean(mse: Tensor) -> dict[str, float]:
+def share_and_mean(mse: Tensor) -> dict[str, float]:
     """Per-view mse [N] -> the share of views disrupted and their mean mse."""
     return {"share_disrupted": float((mse > metrics.DISRUPTION_THRESHOLD).float().mean()), "mse": float(mse.mean())}
