@@ -2,10 +2,12 @@
 on framings of the shared photo that no attack drew.
 
     python bench/framing_table.py [--model cyclegan-vintage] [--photos ../shared/data/faces-dev] [--limit N]
-        [--epsilons 0.05,0.02,0.1] [--modes plain,eot,framing] [--views 8] [--iterations 10] [--json out.json]
+        [--epsilons 0.05,0.02,0.1] [--modes plain,eot,framing] [--views 8] [--iterations 10] [--seeds 1] [--json out.json]
 
 Protocol (fixed; the same seeds every run). Photo i (sorted by name) is protected with seed i, PGD,
-`--iterations` steps of epsilon / 5, in each mode. Its views are drawn from the threat model
+`--iterations` steps of epsilon / 5, in each mode; with `--seeds K`, K times, with seeds i, i + 100,
+..., i + 100 (K - 1), and the cells pool all K protections (one photo's figures swing with the
+attack's seed; each seed's own totals are printed too). Its views are drawn from the threat model
 (`deepshield.views`, framings only: a square of 0.5-1.0 of the short side anywhere, or for a face
 model each face's crop jittered by +-15% / +-10% / +-10 degrees, resized with PIL's or OpenCV's
 filters) with the generator seeded `views.EVALUATION_SEED + 7919 + i`: neither the attack's draws
@@ -23,6 +25,7 @@ Cells: share disrupted / mean mse.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -42,6 +45,7 @@ from deepshield.engine import Engine
 SHARING = {"framings": {}, "jpeg75": {"jpeg": 75}, "jpeg50": {"jpeg": 50}, "half": {"downscale": 0.5}, "blur1": {"blur": 1.0}}
 TONE_MATCHED = "framings_tone_matched"
 BENCH_SEED = 7919
+SEED_STRIDE = 100
 
 
 def measure(engine: Engine, model: str, original: np.ndarray, protected: np.ndarray, faces: list, seed: int, count: int,
@@ -83,9 +87,12 @@ def main() -> int:
     parser.add_argument("--modes", default="plain,eot,framing")
     parser.add_argument("--views", type=int, default=8, help="unseen framings per photo")
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=1, help="attack seeds per photo, pooled (SEED_STRIDE apart)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", help="also write every per-photo measurement here")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
 
     paths = dev_photos(args.photos, args.limit)
     if not paths:
@@ -93,17 +100,19 @@ def main() -> int:
         return 2
     engine = Engine(precision=args.precision)
     face_model = bool(engine.spec(args.model).face_crop)
-    rows, dump = [], {}
+    rows, dump, seed_lines = [], {}, []
     originals: dict[int, dict] = {}  # photo index -> its original's deepfakes, shared by every mode and epsilon
     for epsilon in (float(e) for e in args.epsilons.split(",")):
         for mode in args.modes.split(","):
             cells: dict[str, list[float]] = {name: [] for name in ("own", *SHARING, TONE_MATCHED)}
             psnr, ssim, area, seconds = [], [], [], []
-            for index, path in enumerate(paths):
+            per_seed: dict[int, dict[str, list[float]]] = {}
+            for (index, path), repeat in itertools.product(enumerate(paths), range(args.seeds)):
                 photo = imaging.load_photo(path)
+                seed = index + SEED_STRIDE * repeat
                 started = time.perf_counter()
                 result = engine.protect(photo, model=args.model, attack="pgd", epsilon=epsilon, iterations=args.iterations,
-                                        step_size=epsilon / 5, seed=index, robust=None if mode == "plain" else mode)
+                                        step_size=epsilon / 5, seed=seed, robust=None if mode == "plain" else mode)
                 seconds.append(time.perf_counter() - started)
                 m = result.metrics
                 faces = _face_squares(m, photo.rgb, args.model, engine) if face_model else []
@@ -111,18 +120,23 @@ def main() -> int:
                 cells["own"].append(m["disruption"]["mse"])
                 for name, values in columns.items():
                     cells[name] += values
+                for name in ("framings", "jpeg75"):
+                    per_seed.setdefault(repeat, {}).setdefault(name, []).extend(columns[name])
                 psnr.append(m["perturbation"]["psnr"])
                 ssim.append(m["perturbation"]["ssim"])
                 area.append(m["perturbation"]["area"])
-                dump.setdefault(f"{epsilon:g}/{mode}", []).append({"photo": path.name, "own": m["disruption"]["mse"], **columns,
+                dump.setdefault(f"{epsilon:g}/{mode}", []).append({"photo": path.name, "seed": seed, "own": m["disruption"]["mse"], **columns,
                                                                      "psnr": psnr[-1], "ssim": ssim[-1], "area": area[-1], "seconds": seconds[-1]})
                 shares = {name: f"{_summary(columns[name])['share_disrupted']:.0%}" for name in ("framings", "jpeg75", TONE_MATCHED)}
-                print(f"{epsilon:g} {mode} {path.name}: framings {shares['framings']}, jpeg75 {shares['jpeg75']}, "
+                print(f"{epsilon:g} {mode} {path.name} seed {seed}: framings {shares['framings']}, jpeg75 {shares['jpeg75']}, "
                       f"tone matched {shares[TONE_MATCHED]}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+            seed_lines += [f"epsilon {epsilon:g}, {mode}, attack seeds i + {SEED_STRIDE * repeat}: framings "
+                           f"{_summary(seeded['framings'])['share_disrupted']:.0%}, JPEG 75 + framings {_summary(seeded['jpeg75'])['share_disrupted']:.0%}"
+                           for repeat, seeded in per_seed.items()] if args.seeds > 1 else []
             rows.append((f"{epsilon:g} ({epsilon * 127.5:.2f}/255) | {mode}",
                          [f"{summary['share_disrupted']:.0%} / {summary['mse']:.3f}" for summary in map(_summary, cells.values())],
                          statistics.mean(psnr), statistics.mean(ssim), statistics.mean(area), statistics.mean(seconds)))
-    print(f"model {args.model}, {len(paths)} photos from {args.photos}, PGD {args.iterations} iterations, step epsilon/5, "
+    print(f"model {args.model}, {len(paths)} photos from {args.photos} x {args.seeds} attack seed(s), PGD {args.iterations} iterations, step epsilon/5, "
           f"{args.views} unseen views per photo and column")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {engine.device.type}, {'bf16' if engine.autocast_dtype else 'fp32'} attack passes")
@@ -132,6 +146,8 @@ def main() -> int:
     print("|---" * 13 + "|")
     for label, cells_text, psnr_mean, ssim_mean, area_mean, sec in rows:
         print(f"| {label} | " + " | ".join(cells_text) + f" | {psnr_mean:.2f} | {ssim_mean:.4f} | {area_mean:.0%} | {sec:.1f} |")
+    for line in seed_lines:
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))
     return 0
