@@ -132,7 +132,7 @@ def main() -> int:
                       f"tone matched {shares[TONE_MATCHED]}, psnr {psnr[-1]:.2f}, {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
             seed_lines += [f"epsilon {epsilon:g}, {mode}, attack seeds i + {SEED_STRIDE * repeat}: framings "
                            f"{_summary(seeded['framings'])['share_disrupted']:.0%}, JPEG 75 + framings {_summary(seeded['jpeg75'])['share_disrupted']:.0%}"
-                           for repeat, seeded in per_seed.items()] if args.seeds > 1 else []
+                           for repeat, seeded in per_seed.items()]
             rows.append((f"{epsilon:g} ({epsilon * 127.5:.2f}/255) | {mode}",
                          [f"{summary['share_disrupted']:.0%} / {summary['mse']:.3f}" for summary in map(_summary, cells.values())],
                          statistics.mean(psnr), statistics.mean(ssim), statistics.mean(area), statistics.mean(seconds)))
@@ -146,8 +146,8 @@ def main() -> int:
     print("|---" * 13 + "|")
     for label, cells_text, psnr_mean, ssim_mean, area_mean, sec in rows:
         print(f"| {label} | " + " | ".join(cells_text) + f" | {psnr_mean:.2f} | {ssim_mean:.4f} | {area_mean:.0%} | {sec:.1f} |")
-    for line in seed_lines:
-        print(line)
+    if args.seeds > 1:
+        print("\n".join(seed_lines))
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))
     return 0
