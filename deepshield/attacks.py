@@ -19,7 +19,7 @@ Objective = Callable[[list[Tensor]], Tensor]
 """Maps the current adversarial inputs to a per-sample loss [B] to maximise."""
 
 StepCallback = Callable[[int, int, Tensor], None]
-"""Called after every step with (step, total steps, per-sample loss [B] before the step)."""
+"""Called after every step with (step, total steps, per-sample loss [B] where the step's gradient was taken)."""
 
 LOWER, UPPER = -1.0, 1.0
 EPSILON_RANGE = (0.0, 0.5)  # on [-1, 1]; 0.5 is 64/255, far past imperceptible
@@ -60,6 +60,10 @@ class AttackConfig:
     momentum: float = 0.0
     """0 for the paper's attacks; above, each step follows the sign of a running sum of the
     gradients, each scaled to unit mean magnitude (MI-FGSM): steady under random views."""
+    lookahead: bool = False
+    """With momentum: take each gradient where the momentum is about to carry the iterate,
+    `x + step_size * momentum * velocity` (projected), instead of at `x` itself (Nesterov, as in
+    NI-FGSM). The step still starts from `x`."""
 
     def validate(self) -> AttackConfig:
         low, high = EPSILON_RANGE
@@ -71,6 +75,8 @@ class AttackConfig:
             raise InvalidParameterError(f"iterations must be an integer in [1, {MAX_ITERATIONS}], got {self.iterations}")
         if not (0 <= self.momentum < 1):
             raise InvalidParameterError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.lookahead and not self.momentum:
+            raise InvalidParameterError("lookahead needs a momentum above 0")
         return self
 
 
@@ -129,7 +135,11 @@ def linf_attack(
         adversarial = [_start(x, config, generator) for x in originals]
     velocity = [torch.zeros_like(x) for x in originals] if config.momentum else []
     for step in range(config.iterations):
-        current = [x.requires_grad_(True) for x in adversarial]
+        if config.lookahead:
+            probes = [project(x + config.step_size * config.momentum * v, x0, config.epsilon) for x, v, x0 in zip(adversarial, velocity, originals)]
+        else:
+            probes = adversarial
+        current = [x.requires_grad_(True) for x in probes]
         loss = objective(current)
         gradients = torch.autograd.grad(loss.sum(), current)
         with torch.no_grad():
@@ -138,7 +148,7 @@ def linf_attack(
                 gradients = velocity
             adversarial = [
                 project(x + config.step_size * g.sign(), x0, config.epsilon)
-                for x, g, x0 in zip(current, gradients, originals)
+                for x, g, x0 in zip(adversarial, gradients, originals)
             ]
         if on_step is not None:
             on_step(step + 1, config.iterations, loss.detach())

@@ -33,6 +33,10 @@ STEP_SCALE = 0.35
 MOMENTUM = 0.9
 """The attack's gradient momentum in this mode (`attacks.AttackConfig.momentum`): the sign
 steps follow the expectation over views instead of the last draw."""
+LOOKAHEAD = True
+"""Each gradient is taken where the momentum is about to carry the perturbation
+(`attacks.AttackConfig.lookahead`): at the same generator passes, more unseen framings stay
+disrupted (bench/RESULTS.md, "Looking ahead along the momentum")."""
 WORK_RATIO = 0.75
 PARAM_RATIO = 0.375
 

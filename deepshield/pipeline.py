@@ -277,7 +277,7 @@ class WholePhotoAttack:
         if config.name == "fgsm":
             return replace(config, momentum=framing.MOMENTUM)
         steps = config.iterations * framing.STEPS_PER_ITERATION
-        return replace(config, momentum=framing.MOMENTUM, iterations=steps, step_size=config.step_size * framing.STEP_SCALE)
+        return replace(config, momentum=framing.MOMENTUM, lookahead=framing.LOOKAHEAD, iterations=steps, step_size=config.step_size * framing.STEP_SCALE)
 
     def attack(self, jobs: list[Job], ensemble: Ensemble, references: list[Tensor], config: attacks.AttackConfig, seeds: list[int],
                on_step: attacks.StepCallback | None, passes: Callable[[attacks.Objective], attacks.Objective]) -> list[Tensor]:
@@ -388,6 +388,7 @@ class Pipeline:
             "steps": {"count": config.iterations, "size": config.step_size},
             "random_start": config.random_start,
             "momentum": config.momentum,
+            "lookahead": config.lookahead,
             "robust": robust or False,
             "device": self.device.type,
             "precision": "fp32" if self.autocast_dtype is None else "bf16",

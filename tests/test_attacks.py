@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -124,6 +126,40 @@ def test_progress_callback_sees_every_step(generator):
         on_step=lambda step, total, loss: steps.append((step, total, tuple(loss.shape))),
     )
     assert steps == [(1, 3, (2,)), (2, 3, (2,)), (3, 3, (2,))]
+
+
+def test_lookahead_takes_the_gradient_where_the_momentum_leads_and_steps_from_the_iterate():
+    """With a linear loss (constant gradient) the look-ahead changes where the gradient is taken,
+    not the steps: the iterates match the plain momentum attack's."""
+    clean = images((1, 3, 8, 8), seed=4)
+    weights = images((1, 3, 8, 8), seed=5)[0]
+    config = replace(attacks.preset("ifgsm", iterations=3, step_size=0.01), momentum=0.9)
+
+    def run(lookahead: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        seen = []
+
+        def linear(inputs):
+            seen.append(inputs[0].detach().clone())
+            return (weights * inputs[0]).sum(dim=(1, 2, 3))
+
+        final = attacks.linf_attack(linear, clean, replace(config, lookahead=lookahead), seed=0)[0]
+        return seen, final
+
+    ahead, final_ahead = run(True)
+    plain, final_plain = run(False)
+    torch.testing.assert_close(final_ahead, final_plain)
+    assert torch.equal(ahead[0], plain[0])  # no momentum yet: the start itself
+    velocity = weights / weights.abs().mean()
+    for step in (1, 2):
+        expected = attacks.project(plain[step] + 0.01 * 0.9 * velocity, clean[0], config.epsilon)
+        torch.testing.assert_close(ahead[step], expected)
+        assert not torch.allclose(ahead[step], plain[step])
+        velocity = 0.9 * velocity + weights / weights.abs().mean()
+
+
+def test_lookahead_needs_momentum():
+    with pytest.raises(InvalidParameterError, match="momentum"):
+        replace(attacks.preset("pgd"), lookahead=True).validate()
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ def test_framing_perturbs_the_whole_photo_inside_the_budget(engine):
     for band in (diff[:, :24], diff[:, 72:]):  # the bands plain PGD leaves untouched
         assert (band > 0).mean() > 0.9
     assert robust.metrics["robust"] == "framing" and robust.metrics["momentum"] == framing.MOMENTUM
+    assert robust.metrics["lookahead"] is framing.LOOKAHEAD and plain.metrics["lookahead"] is False
     # the report echoes what was asked and gives the steps that ran: STEPS_PER_ITERATION smaller
     # ones per iteration asked for
     assert (robust.metrics["iterations"], robust.metrics["step_size"]) == (2, 0.01)
